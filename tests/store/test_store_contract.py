@@ -1,0 +1,431 @@
+"""One contract suite for every ``ResponseStore`` backend (memory, sqlite, redis), plus a few
+backend-specific checks (error mapping, schema, bounded purge, factory).
+
+Redis runs against the real ``redis-server`` started by ``conftest.redis_url``; each store gets its
+own key prefix so tests do not see each other's keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from wsproxy.errors import StoreError
+from wsproxy.store.base import ResponseStore, StoredResponse
+from wsproxy.store.factory import make_store
+from wsproxy.store.memory import MemoryStore
+from wsproxy.store.redis import RedisStore
+from wsproxy.store.sqlite import SCHEMA_VERSION, SQLiteStore
+
+BACKENDS = ["memory", "sqlite", "redis"]
+
+MakeStore = Callable[..., Awaitable[Any]]
+
+
+def record(
+    rid: str,
+    created_at: float,
+    *,
+    text: str = "Hello there.",
+    owner: str | None = "user-1",
+) -> StoredResponse:
+    return StoredResponse(
+        id=rid,
+        response={
+            "id": rid,
+            "object": "response",
+            "created_at": int(created_at),
+            "status": "completed",
+            "model": "gpt-test",
+            "output": [
+                {
+                    "type": "message",
+                    "id": f"msg_{rid}",
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}],
+                }
+            ],
+            "usage": {"input_tokens": 3, "output_tokens": 5, "total_tokens": 8},
+            "metadata": {"none": None, "float": 1.25, "bool": True, "nested": {"list": [1, "two", 3.5]}},
+        },
+        input_items=[
+            {
+                "id": f"msg_in_{rid}",
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": "hi"}],
+            }
+        ],
+        owner=owner,
+        created_at=created_at,
+        extra={"model": "provider/model-x", "instructions": None},
+    )
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest_asyncio.fixture
+async def make(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MakeStore]:
+    """Factory of opened stores of the parametrized backend; all are closed at teardown."""
+    # Only the redis params need (and start) the server; if it cannot be started they fail.
+    redis_url = str(request.getfixturevalue("redis_url")) if backend == "redis" else ""
+    stores: list[Any] = []
+
+    async def _make(*, ttl_seconds: float = 3600.0, max_records: int = 10_000) -> Any:
+        store: Any
+        if backend == "memory":
+            store = MemoryStore(ttl_seconds=ttl_seconds, max_records=max_records)
+        elif backend == "sqlite":
+            store = SQLiteStore(
+                str(tmp_path / f"store{len(stores)}.db"), ttl_seconds=ttl_seconds, max_records=max_records
+            )
+        else:
+            store = RedisStore(
+                redis_url,
+                ttl_seconds=ttl_seconds,
+                max_records=max_records,
+                key_prefix=f"wsproxy-test:{uuid.uuid4().hex}:",
+            )
+        await store.open()
+        stores.append(store)
+        return store
+
+    yield _make
+    for store in stores:
+        await store.close()
+
+
+@pytest_asyncio.fixture
+async def store(make: MakeStore) -> ResponseStore:
+    result: ResponseStore = await make()
+    return result
+
+
+# ---------------------------------------------------------------------------------------- contract
+
+
+@pytest.mark.asyncio
+async def test_put_get_round_trip(store: ResponseStore) -> None:
+    rec = record("resp_rt", 1_700_000_000.123456)
+    await store.put(rec)
+    got = await store.get("resp_rt")
+    assert got == rec
+    assert got is not rec
+
+
+@pytest.mark.asyncio
+async def test_round_trip_without_owner_and_extra(store: ResponseStore) -> None:
+    rec = StoredResponse(id="resp_bare", response={"id": "resp_bare"}, input_items=[], created_at=5.0)
+    await store.put(rec)
+    assert await store.get("resp_bare") == rec
+
+
+@pytest.mark.asyncio
+async def test_get_unknown_is_none(store: ResponseStore) -> None:
+    assert await store.get("resp_does_not_exist") is None
+
+
+@pytest.mark.asyncio
+async def test_delete(store: ResponseStore) -> None:
+    await store.put(record("resp_del", time.time()))
+    await store.put(record("resp_keep", time.time()))
+    assert await store.delete("resp_del") is True
+    assert await store.get("resp_del") is None
+    assert await store.delete("resp_del") is False
+    assert await store.delete("resp_never") is False
+    assert await store.get("resp_keep") is not None
+
+
+@pytest.mark.asyncio
+async def test_overwrite(store: ResponseStore) -> None:
+    now = time.time()
+    await store.put(record("resp_ow", now, text="first"))
+    second = record("resp_ow", now + 1, text="second", owner="user-2")
+    await store.put(second)
+    assert await store.get("resp_ow") == second
+
+
+@pytest.mark.asyncio
+async def test_isolated_from_caller_mutations(store: ResponseStore) -> None:
+    rec = record("resp_iso", time.time())
+    expected = StoredResponse.loads(rec.dumps())
+    await store.put(rec)
+    # Mutating what was put must not change what is stored...
+    rec.response["output"][0]["content"][0]["text"] = "mutated"
+    rec.input_items.append({"type": "message", "role": "user", "content": "extra"})
+    rec.extra["model"] = "other"
+    got = await store.get("resp_iso")
+    assert got == expected
+    # ...nor must mutating what get returned.
+    assert got is not None
+    got.response["status"] = "failed"
+    got.input_items.clear()
+    assert await store.get("resp_iso") == expected
+
+
+@pytest.mark.asyncio
+async def test_purge_by_ttl(make: MakeStore) -> None:
+    ttl = 3600.0
+    store = await make(ttl_seconds=ttl)
+    now = time.time()
+    old = [f"resp_old{i}" for i in range(3)]
+    new = [f"resp_new{i}" for i in range(2)]
+    for i, rid in enumerate(old):
+        await store.put(record(rid, now - 2 * ttl + i))
+    for rid in new:
+        await store.put(record(rid, now - 10))
+    # Exactly at the cutoff is not yet expired (created_at < now - ttl is).
+    await store.put(record("resp_boundary", now - ttl))
+    assert await store.purge(now) == 3
+    for rid in old:
+        assert await store.get(rid) is None
+    for rid in [*new, "resp_boundary"]:
+        assert await store.get(rid) is not None
+    # Nothing left to purge.
+    assert await store.purge(now) == 0
+
+
+@pytest.mark.asyncio
+async def test_purge_by_max_records_keeps_newest(make: MakeStore) -> None:
+    store = await make(max_records=5)
+    base = time.time() - 100
+    ids = [f"resp_{i:02d}" for i in range(12)]
+    for i, rid in enumerate(ids):
+        await store.put(record(rid, base + i))
+
+    async def present() -> set[str]:
+        got = await asyncio.gather(*(store.get(rid) for rid in ids))
+        return {rid for rid, rec in zip(ids, got, strict=True) if rec is not None}
+
+    before = await present()
+    dropped = await store.purge(time.time())
+    after = await present()
+    assert after == set(ids[-5:])
+    # The return value is what this purge removed (MemoryStore already enforces the bound on put).
+    assert dropped == len(before) - len(after)
+
+
+@pytest.mark.asyncio
+async def test_idempotency_claim_returns_existing_id(store: ResponseStore) -> None:
+    now = time.time()
+    assert await store.claim_idempotency_key("idem-1", "resp_a", now) is None
+    assert await store.claim_idempotency_key("idem-1", "resp_b", now) == "resp_a"
+    assert await store.claim_idempotency_key("idem-1", "resp_c", now + 1) == "resp_a"
+    assert await store.claim_idempotency_key("idem-2", "resp_b", now) is None
+    assert await store.claim_idempotency_key("idem-2", "resp_x", now) == "resp_b"
+
+
+@pytest.mark.asyncio
+async def test_idempotency_key_expires_with_ttl(make: MakeStore) -> None:
+    store = await make(ttl_seconds=0.5)
+    assert await store.claim_idempotency_key("idem-ttl", "resp_1", time.time()) is None
+    assert await store.claim_idempotency_key("idem-ttl", "resp_2", time.time()) == "resp_1"
+    await asyncio.sleep(0.8)
+    await store.purge(time.time())
+    assert await store.claim_idempotency_key("idem-ttl", "resp_3", time.time()) is None
+    assert await store.claim_idempotency_key("idem-ttl", "resp_4", time.time()) == "resp_3"
+
+
+@pytest.mark.asyncio
+async def test_concurrent_puts_all_retrievable(store: ResponseStore) -> None:
+    now = time.time()
+    recs = [record(f"resp_c{i:03d}", now + i / 1000, text=f"text {i}") for i in range(200)]
+    await asyncio.wait_for(asyncio.gather(*(store.put(r) for r in recs)), timeout=60)
+    got = await asyncio.wait_for(asyncio.gather(*(store.get(r.id) for r in recs)), timeout=60)
+    assert got == recs
+
+
+@pytest.mark.asyncio
+async def test_large_record(store: ResponseStore) -> None:
+    big = os.urandom(512 * 1024).hex()  # 1 MiB of text
+    rec = record("resp_big", time.time(), text=big)
+    rec.input_items = [{"type": "message", "role": "user", "content": big[: 64 * 1024]}] * 4
+    assert len(rec.dumps()) > 1024 * 1024
+    await store.put(rec)
+    assert await store.get("resp_big") == rec
+
+
+@pytest.mark.asyncio
+async def test_unicode_and_emoji(store: ResponseStore) -> None:
+    text = 'héllo 你好 мир 🙂👩‍👩‍👧‍👦 مرحبا e\u0301 \u2028 \u0000 tab\t "quote" \\ end'
+    rid = "resp_ünï🙂"
+    rec = record(rid, time.time(), text=text, owner="用户🙂")
+    rec.extra = {"emoji 🔑": "値 ✓"}
+    await store.put(rec)
+    got = await store.get(rid)
+    assert got == rec
+    assert got is not None and got.response["output"][0]["content"][0]["text"] == text
+    assert await store.claim_idempotency_key("ключ🙂", rid, time.time()) is None
+    assert await store.claim_idempotency_key("ключ🙂", "resp_other", time.time()) == rid
+    assert await store.delete(rid) is True
+
+
+# ---------------------------------------------------------------------------------------- sqlite
+
+
+@pytest.mark.asyncio
+async def test_sqlite_persists_across_reopen_with_schema(tmp_path: Path) -> None:
+    path = str(tmp_path / "persist.db")
+    rec = record("resp_p", time.time())
+    store = SQLiteStore(path, ttl_seconds=60, max_records=10)
+    await store.open()
+    await store.put(rec)
+    await store.close()
+    store = SQLiteStore(path, ttl_seconds=60, max_records=10)
+    await store.open()
+    try:
+        assert await store.get("resp_p") == rec
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        indexes = {row[1] for row in conn.execute("PRAGMA index_list(responses)")}
+        assert "responses_created_at" in indexes
+    conn.close()
+
+
+@pytest.mark.asyncio
+async def test_sqlite_refuses_newer_schema(tmp_path: Path) -> None:
+    path = str(tmp_path / "future.db")
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(path, ttl_seconds=60, max_records=10)
+    with pytest.raises(StoreError, match="schema version"):
+        await store.open()
+    # A failed open leaves the store closed, not half open.
+    with pytest.raises(StoreError):
+        await store.get("x")
+
+
+@pytest.mark.asyncio
+async def test_sqlite_errors_are_store_errors(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "no" / "such" / "dir" / "x.db"), ttl_seconds=60, max_records=10)
+    with pytest.raises(StoreError):
+        await store.open()
+    store = SQLiteStore(str(tmp_path / "closed.db"), ttl_seconds=60, max_records=10)
+    await store.open()
+    await store.close()
+    with pytest.raises(StoreError):
+        await store.put(record("resp_x", 1.0))
+    await store.close()  # closing twice is harmless
+
+
+@pytest.mark.asyncio
+async def test_sqlite_purge_is_bounded_per_call(tmp_path: Path) -> None:
+    store = SQLiteStore(
+        str(tmp_path / "bounded.db"), ttl_seconds=10, max_records=1000, purge_batch=3, purge_max_batches=2
+    )
+    await store.open()
+    try:
+        for i in range(10):
+            await store.put(record(f"resp_{i}", 100.0 + i))
+        # At most 2 batches of 3 per call; the rest is left for the next calls.
+        assert await store.purge(1_000.0) == 6
+        assert await store.purge(1_000.0) == 4
+        assert await store.purge(1_000.0) == 0
+    finally:
+        await store.close()
+
+
+# ---------------------------------------------------------------------------------------- redis
+
+
+@pytest.mark.asyncio
+async def test_redis_unreachable_is_store_error() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # Nothing listens on that port now.
+    store = RedisStore(
+        f"redis://127.0.0.1:{port}/0", ttl_seconds=60, max_records=10, socket_connect_timeout=1
+    )
+    with pytest.raises(StoreError):
+        await store.open()
+    with pytest.raises(StoreError):
+        await store.get("x")
+
+
+@pytest.mark.asyncio
+async def test_redis_layout_and_ttl(redis_url: str) -> None:
+    import redis.asyncio as aioredis
+
+    prefix = f"wsproxy-test:{uuid.uuid4().hex}:"
+    store = RedisStore(redis_url, ttl_seconds=120, max_records=10, key_prefix=prefix)
+    await store.open()
+    raw = aioredis.Redis.from_url(redis_url)
+    try:
+        rec = record("resp_l", 1234.5)
+        await store.put(rec)
+        blob = await raw.get(f"{prefix}resp:resp_l")
+        assert blob is not None and StoredResponse.loads(blob) == rec
+        assert 0 < await raw.pttl(f"{prefix}resp:resp_l") <= 120_000
+        assert await raw.zscore(f"{prefix}index", "resp_l") == 1234.5
+        await store.claim_idempotency_key("k", "resp_l", 1234.5)
+        assert 0 < await raw.pttl(f"{prefix}idem:k") <= 120_000
+        assert await store.delete("resp_l") is True
+        assert await raw.zscore(f"{prefix}index", "resp_l") is None
+    finally:
+        await raw.aclose()
+        await store.close()
+    with pytest.raises(StoreError):
+        await store.put(record("resp_closed", 1.0))
+
+
+@pytest.mark.asyncio
+async def test_redis_purge_is_bounded_per_call(redis_url: str) -> None:
+    store = RedisStore(
+        redis_url,
+        ttl_seconds=10,
+        max_records=1000,
+        key_prefix=f"wsproxy-test:{uuid.uuid4().hex}:",
+        purge_batch=3,
+        purge_max_batches=2,
+    )
+    await store.open()
+    try:
+        for i in range(10):
+            await store.put(record(f"resp_{i}", 100.0 + i))
+        assert await store.purge(1_000.0) == 6
+        assert await store.purge(1_000.0) == 4
+        assert await store.purge(1_000.0) == 0
+        assert await store.get("resp_9") is None
+    finally:
+        await store.close()
+
+
+# ---------------------------------------------------------------------------------------- factory
+
+
+@pytest.mark.asyncio
+async def test_factory(tmp_path: Path) -> None:
+    kw: dict[str, Any] = {
+        "path": str(tmp_path / "f.db"),
+        "url": "redis://127.0.0.1:1/0",
+        "ttl_seconds": 60.0,
+        "max_records": 10,
+    }
+    assert isinstance(make_store("memory", **kw), MemoryStore)
+    sqlite_store = make_store("sqlite", **kw)
+    assert isinstance(sqlite_store, SQLiteStore) and sqlite_store.path == kw["path"]
+    redis_store = make_store("redis", **kw)
+    assert isinstance(redis_store, RedisStore) and redis_store.url == kw["url"]
+    with pytest.raises(ValueError, match="unknown store backend"):
+        make_store("postgres", **kw)

@@ -1,0 +1,1 @@
+"""The ASGI edge: the only package that imports Starlette."""

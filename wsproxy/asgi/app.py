@@ -1,0 +1,84 @@
+"""The ASGI application: routes, lifespan, health and metrics.
+
+``/v1/responses`` serves WebSocket mode (GET + Upgrade) and HTTP (POST) on one path: Starlette's
+``WebSocketRoute`` and ``Route`` side by side. The runtime (pools, store, tasks) is built in the
+lifespan and closed there; nothing exists at import time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from wsproxy.asgi import stored
+from wsproxy.asgi.http import authenticate, create_response, responses_get, runtime_of
+from wsproxy.asgi.render import error_response, json_response
+from wsproxy.asgi.ws import websocket_endpoint
+from wsproxy.errors import ProxyError
+from wsproxy.runtime import open_runtime
+from wsproxy.settings import Settings
+
+log = logging.getLogger("wsproxy")
+
+
+async def list_models(request: Request) -> Response:
+    runtime = runtime_of(request)
+    try:
+        authenticate(runtime, request)
+    except ProxyError as exc:
+        return error_response(exc)
+    created = int(runtime.started_at)
+    data = [
+        {"id": name, "object": "model", "created": created, "owned_by": name.partition("@")[0] if "@" in name else "wsproxy"}
+        for name in runtime.engine.router.models()
+    ]
+    return json_response({"object": "list", "data": data})
+
+
+async def healthz(request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+async def readyz(request: Request) -> Response:
+    runtime = runtime_of(request)
+    return PlainTextResponse("ready" if runtime.ready else "shutting down", status_code=200 if runtime.ready else 503)
+
+
+async def metrics(request: Request) -> Response:
+    runtime = runtime_of(request)
+    runtime.metrics.gauges["wsproxy_active_responses"] = runtime.active_responses
+    return PlainTextResponse(runtime.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        runtime = await open_runtime(settings, environ)
+        app.state.runtime = runtime
+        log.info(
+            "wsproxy ready providers=%s default=%s store=%s auth=%s",
+            ",".join(settings.providers), settings.default_provider, settings.store.backend,
+            "on" if runtime.keyring.enabled else "off",
+        )
+        try:
+            yield
+        finally:
+            await runtime.aclose()
+
+    routes = [
+        WebSocketRoute("/v1/responses", websocket_endpoint),
+        Route("/v1/responses", create_response, methods=["POST"]),
+        Route("/v1/responses", responses_get, methods=["GET"]),
+        *stored.routes(),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -1,0 +1,206 @@
+"""Background responses, replay and resume of event streams.
+
+A ``background: true`` request runs in a task owned by the runtime, not by the client connection:
+the POST returns as soon as the response exists (``in_progress``), and the response runs on. Its
+events are kept in a bounded log, so that ``GET /v1/responses/{id}?stream=true&starting_after=N``
+can replay them from any point and then follow the live stream: a client whose SSE connection
+dropped resumes from the last ``sequence_number`` it saw. Finished runs stay in the registry for
+``RETENTION`` seconds (bounded in count); after that, and for responses that did not run in the
+background, the stream is rebuilt from the stored Response (same items, one delta per part).
+
+``POST /v1/responses/{id}/cancel`` cancels a running background response (status ``cancelled``,
+stored); it is idempotent and answers 400 for responses that did not run in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from wsproxy.asgi.http import SSEResponse, authenticate
+from wsproxy.asgi.render import json_response
+from wsproxy.core.events import Event
+from wsproxy.core.replay import replay_events
+from wsproxy.engine import ResponseRun
+from wsproxy.errors import InvalidRequest, ProxyError, response_not_found
+from wsproxy.runtime import Runtime
+from wsproxy.store.base import StoredResponse
+
+log = logging.getLogger("wsproxy.background")
+
+RETENTION = 600.0
+MAX_FINISHED = 1000
+MAX_EVENTS = 200_000
+
+
+@dataclass(eq=False)
+class BackgroundRun:
+    run: ResponseRun
+    response_id: str = ""
+    snapshot: dict[str, Any] = field(default_factory=dict)
+    log: list[Event] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+    done: bool = False
+    finished_at: float = 0.0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def append(self, event: Event) -> None:
+        if len(self.log) < MAX_EVENTS:
+            self.log.append(event)
+        self.changed.set()
+
+    async def follow(self, starting_after: int) -> AsyncIterator[Event]:
+        """Events with ``seq > starting_after``, then live ones until the terminal event."""
+        index = 0
+        while True:
+            while index < len(self.log):
+                event = self.log[index]
+                index += 1
+                if event.seq > starting_after:
+                    yield event
+            if self.done:
+                return
+            self.changed.clear()
+            await self.changed.wait()
+
+
+class BackgroundRegistry:
+    def __init__(self) -> None:
+        self.runs: dict[str, BackgroundRun] = {}
+        self.finished: OrderedDict[str, float] = OrderedDict()
+
+    def get(self, response_id: str, principal: str | None) -> BackgroundRun | None:
+        self._expire(time.monotonic())
+        entry = self.runs.get(response_id)
+        if entry is None or entry.run.principal != principal:
+            return None
+        return entry
+
+    def mark_finished(self, entry: BackgroundRun) -> None:
+        entry.done = True
+        entry.finished_at = time.monotonic()
+        entry.changed.set()
+        self.finished[entry.response_id] = entry.finished_at
+        self._expire(entry.finished_at)
+
+    def _expire(self, now: float) -> None:
+        while self.finished:
+            rid, at = next(iter(self.finished.items()))
+            if now - at < RETENTION and len(self.finished) <= MAX_FINISHED:
+                break
+            self.finished.popitem(last=False)
+            self.runs.pop(rid, None)
+
+
+def registry_of(runtime: Runtime) -> BackgroundRegistry:
+    reg = getattr(runtime, "_background", None)
+    if reg is None:
+        reg = BackgroundRegistry()
+        runtime._background = reg  # type: ignore[attr-defined]
+    return reg
+
+
+async def start_background(runtime: Runtime, run: ResponseRun, stream: bool) -> Response:
+    """Start ``run`` detached from the client; answer once the response exists."""
+    if not run.request.store:
+        raise InvalidRequest(
+            "Background responses require store=true.", param="background", code="invalid_request_error"
+        )
+    entry = BackgroundRun(run)
+    run.request.body["background"] = True
+    first_seen = asyncio.get_running_loop().create_future()
+
+    async def drive() -> None:
+        runtime.response_started()
+        try:
+            async for event in runtime.engine.events(run):
+                if not first_seen.done():
+                    entry.snapshot = event.json().get("response") or {}
+                    entry.response_id = str(entry.snapshot.get("id") or run.response_id)
+                    registry_of(runtime).runs[entry.response_id] = entry
+                    first_seen.set_result(None)
+                entry.append(event)
+        except ProxyError as exc:
+            if not first_seen.done():
+                first_seen.set_exception(exc)
+        except asyncio.CancelledError:
+            await _store_cancelled(runtime, entry)
+            raise
+        finally:
+            if not first_seen.done():
+                first_seen.set_exception(ProxyError("The response ended before it started."))
+            registry_of(runtime).mark_finished(entry)
+            runtime.response_ended()
+
+    entry.task = runtime.spawn(drive(), f"background-{run.response_id}")
+    await first_seen
+    if stream:
+        return SSEResponse(runtime, entry.follow(-1))
+    return json_response({**entry.snapshot, "background": True})
+
+
+async def _store_cancelled(runtime: Runtime, entry: BackgroundRun) -> None:
+    run = entry.run
+    response = dict(run.final.response if run.final else entry.snapshot)
+    response["status"] = "cancelled"
+    record = StoredResponse(
+        id=entry.response_id or run.response_id,
+        response=response,
+        input_items=run.effective_input,
+        owner=run.principal,
+        created_at=time.time(),
+        extra={"provider": run.provider_used},
+    )
+    run.final = record
+    await asyncio.shield(runtime.store.put(record))
+
+
+async def cancel_background(request: Request, runtime: Runtime) -> Response:
+    principal = authenticate(runtime, request)
+    response_id = request.path_params["response_id"]
+    entry = registry_of(runtime).get(response_id, principal)
+    if entry is None:
+        record = await runtime.engine.lookup(response_id, principal)
+        if record is None:
+            raise response_not_found(response_id)
+        if not record.response.get("background"):
+            raise InvalidRequest("Only background responses can be cancelled.", code="invalid_request_error")
+        return json_response(record.response)  # already finished: cancelling again is a no-op
+    if not entry.done and entry.task is not None:
+        entry.task.cancel()
+        try:
+            await entry.task
+        except asyncio.CancelledError:
+            pass
+    final = entry.run.final
+    return json_response(final.response if final is not None else {**entry.snapshot, "status": "cancelled"})
+
+
+def starting_after(request: Request) -> int:
+    try:
+        return int(request.query_params.get("starting_after", "-1"))
+    except ValueError:
+        raise InvalidRequest("Invalid 'starting_after': expected an integer.", param="starting_after") from None
+
+
+async def replay_response(request: Request, runtime: Runtime, record: StoredResponse) -> Response:
+    after = starting_after(request)
+    events = [e for e in replay_events(record.response) if e.seq > after]
+
+    async def gen() -> AsyncIterator[Event]:
+        for event in events:
+            yield event
+
+    return SSEResponse(runtime, gen())
+
+
+def live_entry(runtime: Runtime, response_id: str, principal: str | None) -> BackgroundRun | None:
+    return registry_of(runtime).get(response_id, principal)

@@ -1,0 +1,273 @@
+"""Request-side helpers shared by the translating dialects (Chat Completions, Anthropic Messages).
+
+Role: the parts of "Responses request -> provider request" that do not depend on the provider:
+
+- ``function_tools``: the request's ``tools`` as plain function declarations. Codex's
+  ``{"type": "namespace", "name": ns, "tools": [...]}`` entries are flattened into functions
+  named :func:`flat_name` ``(ns, name)``; hosted tools (``web_search``, ``file_search``, ``mcp``,
+  ``custom``...) are rejected with a 400 naming ``tools`` or dropped when the provider is
+  configured to drop them.
+- ``namespace_map``: the reverse of that flattening, used by stream translators to emit
+  ``function_call`` items with the ``namespace`` + ``name`` the client declared.
+- ``check_tool_pairs``: every ``function_call`` must be answered by a ``function_call_output``
+  before the next user turn; providers reject such histories with vague errors, we say which
+  ``call_id`` is missing.
+- data-URL parsing, tool-output text, ``json_object`` of tool-call arguments.
+
+Pure: no I/O, no clock, no environment. Knows no provider's wire format.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from wsproxy.errors import InvalidRequest, invalid_param, unsupported_parameter
+
+EMPTY_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionDecl:
+    """One function the upstream may call."""
+
+    name: str  # the name the upstream sees (flattened for namespace members)
+    description: str | None
+    parameters: dict[str, Any]
+    strict: bool | None
+    namespace: str | None = None
+
+
+def flat_name(namespace: str, name: str) -> str:
+    """The single function name a namespace member gets upstream.
+
+    Codex names MCP namespaces like ``mcp__server__`` / ``mcp__apps__gmail`` with members like
+    ``_search_emails``: plain concatenation is then the name the model knows. Otherwise a ``__``
+    separator keeps the two parts readable. Either way the reverse map is a table lookup.
+    """
+    if namespace.endswith("_") or name.startswith("_"):
+        return namespace + name
+    return f"{namespace}__{name}"
+
+
+def _hosted(kind: str, param: str, drop: bool) -> None:
+    if not drop:
+        raise unsupported_parameter(
+            "tools",
+            f"({param} has type '{kind}'): this provider can only call function tools; "
+            "remove the hosted tool or enable drop_unsupported_tools for this provider.",
+        )
+
+
+def _decl(tool: dict[str, Any], param: str, namespace: str | None) -> FunctionDecl:
+    name = tool.get("name")
+    if not isinstance(name, str) or not name:
+        raise invalid_param(f"{param}.name", f"Missing required parameter: '{param}.name'.",
+                            "missing_required_parameter")
+    params = tool.get("parameters")
+    if params is None:
+        params = EMPTY_SCHEMA
+    elif not isinstance(params, dict):
+        raise invalid_param(f"{param}.parameters", f"Invalid type for '{param}.parameters': expected an object.",
+                            "invalid_type")
+    description = tool.get("description")
+    strict = tool.get("strict")
+    return FunctionDecl(
+        name=flat_name(namespace, name) if namespace is not None else name,
+        description=description if isinstance(description, str) else None,
+        parameters=params,
+        strict=strict if isinstance(strict, bool) else None,
+        namespace=namespace,
+    )
+
+
+def function_tools(tools: Any, *, drop_unsupported: bool) -> list[FunctionDecl]:
+    """The request's ``tools`` as function declarations (namespaces flattened, hosted tools
+    rejected or dropped)."""
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise invalid_param("tools", "Invalid type for 'tools': expected an array.", "invalid_type")
+    out: list[FunctionDecl] = []
+    for i, tool in enumerate(tools):
+        param = f"tools[{i}]"
+        if not isinstance(tool, dict):
+            raise invalid_param(param, f"Invalid type for '{param}': expected an object.", "invalid_type")
+        kind = tool.get("type", "function")
+        if kind == "function":
+            out.append(_decl(tool, param, None))
+        elif kind == "namespace":
+            ns = tool.get("name")
+            if not isinstance(ns, str) or not ns:
+                raise invalid_param(f"{param}.name", f"Missing required parameter: '{param}.name'.",
+                                    "missing_required_parameter")
+            members = tool.get("tools") or []
+            if not isinstance(members, list):
+                raise invalid_param(f"{param}.tools", "Invalid type: expected an array.", "invalid_type")
+            for j, member in enumerate(members):
+                mparam = f"{param}.tools[{j}]"
+                if not isinstance(member, dict):
+                    raise invalid_param(mparam, f"Invalid type for '{mparam}': expected an object.", "invalid_type")
+                mkind = member.get("type", "function")
+                if mkind == "function":
+                    out.append(_decl(member, mparam, ns))
+                else:
+                    _hosted(str(mkind), mparam, drop_unsupported)
+        else:
+            _hosted(str(kind), param, drop_unsupported)
+    seen: set[str] = set()
+    for decl in out:
+        if decl.name in seen:
+            raise invalid_param("tools", f"Duplicate function name '{decl.name}' in 'tools'.")
+        seen.add(decl.name)
+    return out
+
+
+def namespace_map(tools: Any) -> dict[str, tuple[str, str]]:
+    """Flattened upstream name -> (namespace, member name), for the request's namespace tools.
+
+    Never raises: the translator runs after ``build_request`` validated the same tools."""
+    out: dict[str, tuple[str, str]] = {}
+    if not isinstance(tools, list):
+        return out
+    for tool in tools:
+        if not isinstance(tool, dict) or tool.get("type") != "namespace":
+            continue
+        ns = tool.get("name")
+        if not isinstance(ns, str):
+            continue
+        for member in tool.get("tools") or []:
+            if isinstance(member, dict) and member.get("type", "function") == "function":
+                name = member.get("name")
+                if isinstance(name, str):
+                    out[flat_name(ns, name)] = (ns, name)
+    return out
+
+
+def call_name(item: dict[str, Any]) -> str:
+    """The upstream name of a ``function_call`` input item (namespace members flattened)."""
+    name = str(item.get("name") or "")
+    ns = item.get("namespace")
+    return flat_name(ns, name) if isinstance(ns, str) and ns else name
+
+
+def allowed_tool_names(choice: dict[str, Any]) -> tuple[str, set[str]]:
+    """``{"type": "allowed_tools", "mode", "tools": [...]}`` -> (mode, allowed upstream names)."""
+    mode = choice.get("mode", "auto")
+    if mode not in ("auto", "required"):
+        raise invalid_param("tool_choice.mode", "Invalid 'tool_choice.mode': expected 'auto' or 'required'.")
+    names: set[str] = set()
+    for i, entry in enumerate(choice.get("tools") or []):
+        if not isinstance(entry, dict) or entry.get("type", "function") != "function":
+            raise unsupported_parameter(
+                "tool_choice", f"(tools[{i}]): only function tools can be allowed with this provider."
+            )
+        names.add(call_name(entry))
+    return str(mode), names
+
+
+def check_tool_pairs(items: list[dict[str, Any]], *, turn_roles: frozenset[str]) -> None:
+    """Every function_call must get its function_call_output before the next message whose role
+    is in ``turn_roles``, and every output must answer an earlier call. Raises a 400 naming the
+    ``call_id`` (providers reject such histories with far less helpful messages)."""
+    pending: dict[str, int] = {}
+    answered: set[str] = set()
+    for i, item in enumerate(items):
+        kind = item.get("type", "message")
+        if kind == "function_call":
+            pending[str(item.get("call_id"))] = i
+        elif kind == "function_call_output":
+            call_id = str(item.get("call_id"))
+            if call_id not in pending:
+                why = "answers it twice" if call_id in answered else "has no matching function_call before it"
+                raise InvalidRequest(
+                    f"The function_call_output for call_id '{call_id}' (input[{i}]) {why}.",
+                    param=f"input[{i}].call_id",
+                    code="invalid_value",
+                )
+            del pending[call_id]
+            answered.add(call_id)
+        elif kind == "message" and item.get("role") in turn_roles and pending:
+            _missing_output(pending)
+    if pending:
+        _missing_output(pending)
+
+
+def _missing_output(pending: dict[str, int]) -> None:
+    call_id, index = next(iter(pending.items()))
+    raise InvalidRequest(
+        f"No tool output found for function call {call_id} (input[{index}]): every function_call must be "
+        "followed by a function_call_output with the same call_id before the next user message.",
+        param="input",
+        code="invalid_value",
+    )
+
+
+def parse_data_url(url: str) -> tuple[str, str] | None:
+    """``data:<media type>;base64,<data>`` -> (media type, base64 data); None for anything else."""
+    if not url.startswith("data:"):
+        return None
+    head, sep, data = url[5:].partition(",")
+    if not sep:
+        return None
+    fields = head.split(";")
+    if "base64" not in fields[1:]:
+        return None
+    return (fields[0] or "application/octet-stream").lower(), data
+
+
+def arguments_object(arguments: Any) -> dict[str, Any]:
+    """Tool-call arguments (a JSON string) as an object; invalid or non-object -> ``{}``."""
+    if isinstance(arguments, dict):
+        return arguments
+    if not isinstance(arguments, str) or not arguments.strip():
+        return {}
+    try:
+        value = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def is_complete_json(text: str) -> bool:
+    """True when ``text`` is a whole JSON value: a closed object cannot grow any further."""
+    try:
+        orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def message_parts(content: Any) -> list[dict[str, Any]]:
+    """A message's ``content`` as a list of parts (a string is one text part)."""
+    if isinstance(content, str):
+        return [{"type": "input_text", "text": content}]
+    if isinstance(content, list):
+        return [p if isinstance(p, dict) else {"type": "input_text", "text": str(p)} for p in content]
+    return []
+
+
+TEXT_PARTS = frozenset({"input_text", "output_text", "text", "summary_text", "reasoning_text"})
+
+
+def retry_headers(headers: dict[str, str]) -> dict[str, str]:
+    """The provider headers a client should see with an error: only the retry hints."""
+    keep: dict[str, str] = {}
+    for key, value in headers.items():
+        low = key.lower()
+        if low in ("retry-after", "retry-after-ms"):
+            keep[low] = value
+    return keep
+
+
+def int_field(value: Any) -> int:
+    """A token count from a provider's usage object (missing/null/garbage -> 0)."""
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value)
+    return 0

@@ -1,0 +1,259 @@
+"""The engine runs one response, whatever the transport that asked for it.
+
+    CreateRequest ──▶ continuation (cache, store) ──▶ routing ──▶ provider attempts ──▶ events
+                                                                  (fallback before output)
+                                                   on the terminal event: store, then yield it
+
+Every transport (WebSocket, SSE, JSON) consumes the same :meth:`ResponseRun.events` stream, so
+they cannot drift apart. Guarantees of that stream:
+
+- an error raised before the first event is a ``ProxyError`` (rendered as an HTTP error or a
+  WebSocket ``error`` event); after the first event there is exactly one terminal event;
+- a stored response is in the store before its terminal event is yielded, so a client can
+  retrieve it as soon as it sees the event;
+- closing the iterator (client gone) closes the upstream request at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from wsproxy.core.events import Event, ResponseBuilder, usage_object
+from wsproxy.core.ids import random_id
+from wsproxy.core.request import CreateRequest
+from wsproxy.dialects.base import DialectOptions, UpstreamCall
+from wsproxy.errors import ProxyError, previous_response_not_found
+from wsproxy.policy.routing import Router, Target
+from wsproxy.store.base import ResponseStore, StoredResponse
+from wsproxy.upstream.base import Provider
+
+log = logging.getLogger("wsproxy.engine")
+
+_ITEM_PREFIX = {
+    "message": "msg",
+    "function_call": "fc",
+    "function_call_output": "fco",
+    "reasoning": "rs",
+    "item_reference": "ref",
+}
+
+CacheLookup = Callable[[str], StoredResponse | None]
+
+
+def with_item_ids(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Input items as stored: every item gets an id (input_items lists them by id)."""
+    out = []
+    for item in items:
+        if isinstance(item.get("id"), str):
+            out.append(item)
+            continue
+        kind = item.get("type", "message")
+        out.append({"id": random_id(_ITEM_PREFIX.get(kind, "item")), "type": kind, **item})
+    return out
+
+
+@dataclass(slots=True)
+class ResponseRun:
+    """One response being produced. ``final`` is set once the terminal event has passed."""
+
+    request: CreateRequest
+    principal: str | None
+    targets: tuple[Target, ...]
+    effective_input: list[dict[str, Any]]
+    upstream_body: dict[str, Any]
+    response_id: str
+    created_at: int
+    previous: StoredResponse | None = None
+    final: StoredResponse | None = None
+    events_sent: int = 0
+    provider_used: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def status(self) -> str | None:
+        return None if self.final is None else str(self.final.response.get("status"))
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        router: Router,
+        providers: Mapping[str, Provider],
+        store: ResponseStore,
+        dialect_options: Mapping[str, DialectOptions],
+        on_usage: Callable[[str | None, str, dict[str, Any] | None], None] | None = None,
+    ) -> None:
+        self.router = router
+        self.providers = providers
+        self.store = store
+        self.dialect_options = dialect_options
+        self.on_usage = on_usage
+
+    # -- preparing ----------------------------------------------------------------------------
+
+    async def lookup(self, response_id: str, principal: str | None) -> StoredResponse | None:
+        """A stored response visible to ``principal`` (other principals' ids do not exist)."""
+        record = await self.store.get(response_id)
+        if record is None or record.owner != principal:
+            return None
+        return record
+
+    async def prepare(
+        self, request: CreateRequest, principal: str | None, cache: CacheLookup | None = None
+    ) -> ResponseRun:
+        """Resolve continuation and routing. Raises ``ProxyError`` (nothing was sent yet)."""
+        targets = self.router.route(request.model)
+        for target in targets:
+            if target.provider not in self.providers:
+                raise ProxyError(f"Provider '{target.provider}' is not available.", status=503)
+        previous: StoredResponse | None = None
+        prev_id = request.previous_response_id
+        body = dict(request.body)
+        if prev_id:
+            previous = cache(prev_id) if cache is not None else None
+            if previous is None:
+                previous = await self.lookup(prev_id, principal)
+            if previous is None and not self._upstream_holds_state(targets[0]):
+                raise previous_response_not_found(prev_id)
+        effective = list(request.input)
+        if previous is not None:
+            effective = previous.input_items + list(previous.response.get("output") or []) + effective
+        return ResponseRun(
+            request=request,
+            principal=principal,
+            targets=targets,
+            effective_input=with_item_ids(effective),
+            upstream_body=body,
+            response_id=random_id("resp"),
+            created_at=int(time.time()),
+            previous=previous,
+        )
+
+    def _upstream_holds_state(self, target: Target) -> bool:
+        provider = self.providers.get(target.provider)
+        return provider is not None and provider.kind == "openai"
+
+    def _call_for(self, run: ResponseRun, target: Target, provider: Provider) -> UpstreamCall:
+        body = run.upstream_body
+        items = run.effective_input
+        if provider.kind == "openai":
+            prev = run.previous
+            holds = (
+                prev is not None
+                and prev.extra.get("provider") == target.provider
+                and prev.response.get("store") is True
+            )
+            if holds or (prev is None and run.request.previous_response_id):
+                # The upstream keeps this chain itself: send only the new input (cheaper).
+                items = with_item_ids(list(run.request.input)) if prev is None else items[
+                    len(prev.input_items) + len(prev.response.get("output") or []) :
+                ]
+            else:
+                body = {k: v for k, v in body.items() if k != "previous_response_id"}
+        options = self.dialect_options.get(target.provider, DialectOptions())
+        return UpstreamCall(body=body, input=items, model=target.model, options=options)
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def events(self, run: ResponseRun) -> AsyncIterator[Event]:
+        if not run.request.generate:
+            async for event in self._warmup(run):
+                yield event
+            return
+        last_error: ProxyError | None = None
+        for index, target in enumerate(run.targets):
+            provider = self.providers[target.provider]
+            call = self._call_for(run, target, provider)
+            stream = provider.stream(call, run.response_id, run.created_at)
+            try:
+                first = await anext(stream)
+            except StopAsyncIteration:
+                first = None
+            except ProxyError as exc:
+                await stream.aclose()
+                last_error = exc
+                if exc.retryable and index + 1 < len(run.targets):
+                    log.warning("provider %s failed before output (%r); falling back", target, exc)
+                    continue
+                raise
+            run.provider_used = target.provider
+            async for event in self._guarded(run, stream, first):
+                yield event
+            return
+        assert last_error is not None
+        raise last_error
+
+    async def _guarded(
+        self, run: ResponseRun, stream: AsyncIterator[Event], first: Event | None
+    ) -> AsyncIterator[Event]:
+        """Forward a provider's events; make sure exactly one terminal event ends them."""
+        last_seq = -1
+        pending = first
+        try:
+            while True:
+                if pending is None:
+                    try:
+                        pending = await anext(stream)
+                    except StopAsyncIteration:
+                        break
+                event, pending = pending, None
+                last_seq = event.seq
+                if event.terminal:
+                    await self._finish(run, event)
+                    run.events_sent += 1
+                    yield event
+                    return
+                run.events_sent += 1
+                yield event
+        except ProxyError as exc:
+            log.error("provider %s raised after output began: %r", run.provider_used, exc)
+            failure: tuple[str, str] | None = (exc.code or "server_error", exc.message)
+        else:
+            failure = ("server_error", "The upstream stream ended without a terminal event.")
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        if failure is not None:
+            builder = ResponseBuilder(run.response_id, run.request.model, run.created_at, run.request.body)
+            builder.seq, builder.started = last_seq + 1, last_seq >= 0
+            for event in builder.fail(*failure):
+                if event.terminal:
+                    await self._finish(run, event)
+                yield event
+
+    async def _warmup(self, run: ResponseRun) -> AsyncIterator[Event]:
+        """``generate: false``: prepare state without running the model."""
+        builder = ResponseBuilder(run.response_id, run.request.model, run.created_at, run.request.body)
+        events = builder.start() + builder.complete(usage_object(), int(time.time()))
+        for event in events:
+            if event.terminal:
+                await self._finish(run, event)
+            yield event
+
+    async def _finish(self, run: ResponseRun, terminal: Event) -> None:
+        payload = terminal.json()
+        response = payload.get("response") or {}
+        record = StoredResponse(
+            id=str(response.get("id") or run.response_id),
+            response=response,
+            input_items=run.effective_input,
+            owner=run.principal,
+            created_at=time.time(),
+            extra={"provider": run.provider_used},
+        )
+        run.final = record
+        if self.on_usage is not None:
+            self.on_usage(run.principal, run.provider_used or "", response.get("usage"))
+        if run.request.store:
+            await self.store.put(record)
+
+
+async def collect(events: AsyncIterator[Event], sink: Callable[[Event], Awaitable[None]]) -> None:
+    async for event in events:
+        await sink(event)

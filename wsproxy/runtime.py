@@ -1,0 +1,146 @@
+"""Wiring: builds every long-lived object from the settings, and closes them.
+
+Nothing here exists at import time: :func:`open_runtime` is called from the app's lifespan, and
+``Runtime.aclose`` closes pools, the store and every task it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from wsproxy.dialects.base import Dialect, DialectOptions
+from wsproxy.engine import Engine
+from wsproxy.local.model import LocalProvider
+from wsproxy.metrics import Metrics
+from wsproxy.policy.auth import KeyRing
+from wsproxy.policy.ratelimit import RateLimiter
+from wsproxy.policy.routing import Router
+from wsproxy.settings import ProviderSettings, Settings
+from wsproxy.store.base import ResponseStore
+from wsproxy.store.factory import make_store
+from wsproxy.upstream.base import Provider
+from wsproxy.upstream.http import HTTPProvider, make_client
+
+log = logging.getLogger("wsproxy")
+
+
+def dialect_for(kind: str) -> Dialect:
+    if kind == "openai":
+        from wsproxy.dialects.openai_responses import OpenAIResponsesDialect
+
+        return OpenAIResponsesDialect()
+    if kind == "chat_completions":
+        from wsproxy.dialects.chat_completions import ChatCompletionsDialect
+
+        return ChatCompletionsDialect()
+    if kind == "anthropic":
+        from wsproxy.dialects.anthropic_messages import AnthropicMessagesDialect
+
+        return AnthropicMessagesDialect()
+    raise ValueError(f"no dialect for provider kind {kind!r}")
+
+
+def dialect_options(settings: ProviderSettings) -> DialectOptions:
+    known = {f.name for f in dataclasses.fields(DialectOptions)}
+    opts = dict(settings.options)
+    extra = {k: opts.pop(k) for k in list(opts) if k not in known}
+    return DialectOptions(**opts, extra=extra)
+
+
+def make_provider(settings: ProviderSettings, environ: Mapping[str, str]) -> Provider:
+    if settings.kind == "local":
+        return LocalProvider(settings.name, token_delay=settings.token_delay, prefill_delay=settings.prefill_delay)
+    return HTTPProvider(settings, dialect_for(settings.kind), make_client(settings), settings.key(environ))
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: Engine
+    store: ResponseStore
+    keyring: KeyRing
+    limiter: RateLimiter
+    metrics: Metrics
+    providers: dict[str, Provider]
+    started_at: float = field(default_factory=time.time)
+    # Readiness turns false first on shutdown; sessions watch ``closing``.
+    ready: bool = True
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Open streams (SSE, JSON, WebSocket responses) for the shutdown drain.
+    active_responses: int = 0
+    drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        """A task owned by the runtime: kept, and cancelled at close."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    def response_started(self) -> None:
+        self.active_responses += 1
+        self.drained.clear()
+
+    def response_ended(self) -> None:
+        self.active_responses -= 1
+        if self.active_responses == 0:
+            self.drained.set()
+
+    async def _purge_loop(self) -> None:
+        interval = self.settings.store.purge_interval
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                dropped = await self.store.purge(time.time())
+                if dropped:
+                    log.info("store purge dropped=%d", dropped)
+            except Exception:
+                log.exception("store purge failed")
+
+    async def aclose(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        for provider in self.providers.values():
+            await provider.aclose()
+        await self.store.close()
+
+
+async def open_runtime(settings: Settings, environ: Mapping[str, str] | None = None) -> Runtime:
+    env = os.environ if environ is None else environ
+    providers = {name: make_provider(p, env) for name, p in settings.providers.items()}
+    s = settings.store
+    store = make_store(s.backend, path=s.path, url=s.url, ttl_seconds=s.ttl_seconds, max_records=s.max_records)
+    await store.open()
+    metrics = Metrics()
+    router = Router(
+        {name: p.models for name, p in settings.providers.items()}, settings.aliases, settings.default_provider
+    )
+    engine = Engine(
+        router=router,
+        providers=providers,
+        store=store,
+        dialect_options={name: dialect_options(p) for name, p in settings.providers.items()},
+        on_usage=metrics.record_usage,
+    )
+    runtime = Runtime(
+        settings=settings,
+        engine=engine,
+        store=store,
+        keyring=KeyRing(settings.api_keys),
+        limiter=RateLimiter(settings.limits.rate_limit_rpm),
+        metrics=metrics,
+        providers=providers,
+    )
+    runtime.drained.set()
+    runtime.spawn(runtime._purge_loop(), "store-purge")
+    return runtime

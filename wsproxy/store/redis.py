@@ -1,0 +1,252 @@
+"""Redis response store: ``ResponseStore`` on a Redis server, for several proxies sharing state.
+
+Layout, all under ``key_prefix``:
+
+* ``{prefix}resp:{id}``  the record's JSON blob (``StoredResponse.dumps``), written with
+  ``SET ... PX ttl`` so Redis expires it by itself even if no proxy ever purges;
+* ``{prefix}index``      a sorted set of ids scored by ``created_at``, used by ``purge`` to drop
+  expired ids and to enforce ``max_records`` (oldest first);
+* ``{prefix}idem:{key}`` an idempotency key bound to a response id with ``SET NX PX ttl``.
+
+A ``put`` writes the blob and the index entry in one MULTI/EXEC, so readers see all or nothing.
+``purge`` runs a small Lua script per batch, so "pick the oldest ids and delete them" is atomic and
+cannot delete a record another proxy rewrote in between; each batch is bounded. The script names
+keys it computes from the prefix, which is fine on a standalone/Sentinel Redis but not on Redis
+Cluster (unsupported here).
+
+The ``redis`` import stays inside this module: redis is optional (``pip install wsproxy[redis]``).
+Redis errors are mapped to :class:`~wsproxy.errors.StoreError` here, at the boundary. This module
+must not touch the filesystem or any other store.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from wsproxy.errors import StoreError
+from wsproxy.store.base import StoredResponse
+
+T = TypeVar("T")
+
+# One purge batch, atomically. KEYS[1] = index; ARGV = mode, bound, batch, record-key prefix.
+# mode "ttl": bound is the cutoff, drop ids scored strictly below it.
+# mode "size": bound is max_records, drop the oldest ids beyond it.
+# Returns how many ids were removed from the index.
+_PURGE_LUA = """
+local ids
+local batch = tonumber(ARGV[3])
+if ARGV[1] == 'ttl' then
+  ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2], 'LIMIT', 0, batch)
+else
+  local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[2])
+  if excess <= 0 then return 0 end
+  ids = redis.call('ZRANGE', KEYS[1], 0, math.min(excess, batch) - 1)
+end
+local removed = 0
+for _, id in ipairs(ids) do
+  redis.call('UNLINK', ARGV[4] .. id)
+  removed = removed + redis.call('ZREM', KEYS[1], id)
+end
+return removed
+"""
+
+
+class RedisStore:
+    """``ResponseStore`` on Redis; see the module docstring for the key layout."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ttl_seconds: float,
+        max_records: int,
+        key_prefix: str = "wsproxy:",
+        max_connections: int = 32,
+        pool_timeout: float = 5.0,
+        socket_timeout: float = 5.0,
+        socket_connect_timeout: float = 3.0,
+        purge_batch: int = 500,
+        purge_max_batches: int = 200,
+    ) -> None:
+        if ttl_seconds <= 0:
+            raise ValueError("ttl_seconds must be > 0")
+        if max_records < 1:
+            raise ValueError("max_records must be >= 1")
+        if max_connections < 1 or purge_batch < 1 or purge_max_batches < 1:
+            raise ValueError("max_connections, purge_batch and purge_max_batches must be >= 1")
+        self.url = url
+        self.ttl = float(ttl_seconds)
+        # PX in whole milliseconds, at least 1 (0 would be rejected by Redis).
+        self._ttl_ms = max(1, math.ceil(self.ttl * 1000))
+        self.max_records = max_records
+        self.prefix = key_prefix
+        self.max_connections = max_connections
+        # How long a caller waits for a free pooled connection before StoreError; the pool is a
+        # BlockingConnectionPool, so a burst queues instead of failing at max_connections.
+        self.pool_timeout = pool_timeout
+        self.socket_timeout = socket_timeout
+        self.socket_connect_timeout = socket_connect_timeout
+        self.purge_batch = purge_batch
+        self.purge_max_batches = purge_max_batches
+        self._index = f"{key_prefix}index"
+        self._client: aioredis.Redis | None = None
+        self._pool: aioredis.BlockingConnectionPool | None = None
+        self._purge_script: Any = None
+
+    def _key(self, response_id: str) -> str:
+        return f"{self.prefix}resp:{response_id}"
+
+    def _idem_key(self, key: str) -> str:
+        return f"{self.prefix}idem:{key}"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        try:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self.url,
+                max_connections=self.max_connections,
+                timeout=self.pool_timeout,
+                socket_timeout=self.socket_timeout,
+                socket_connect_timeout=self.socket_connect_timeout,
+                # Re-check idle pooled connections before use so a restarted server is noticed.
+                health_check_interval=30,
+            )
+        except (ValueError, RedisError) as exc:
+            raise StoreError(f"Redis store URL is invalid: {exc}") from exc
+        client = aioredis.Redis.from_pool(pool)
+        try:
+            # Fail at startup, not on the first request, when the server is unreachable.
+            await client.ping()
+        except (RedisError, OSError) as exc:
+            await client.aclose()
+            raise StoreError(f"Redis store is unreachable at {self.url}: {exc}") from exc
+        self._pool = pool
+        self._client = client
+        self._purge_script = client.register_script(_PURGE_LUA)
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        self._pool = None
+        self._purge_script = None
+        if client is not None:
+            try:
+                # from_pool() made the client own the pool: this disconnects it too.
+                await client.aclose()
+            except (RedisError, OSError) as exc:
+                raise StoreError(f"Redis store failed to close: {exc}") from exc
+
+    # ------------------------------------------------------------------ protocol
+
+    async def put(self, record: StoredResponse) -> None:
+        data = record.dumps()
+        client = self._require()
+
+        async def op() -> None:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.set(self._key(record.id), data, px=self._ttl_ms)
+                pipe.zadd(self._index, {record.id: float(record.created_at)})
+                await pipe.execute()
+
+        await self._guard(op)
+
+    async def get(self, response_id: str) -> StoredResponse | None:
+        client = self._require()
+
+        async def op() -> bytes | str | None:
+            data: bytes | str | None = await client.get(self._key(response_id))
+            return data
+
+        data = await self._guard(op)
+        if data is None:
+            return None
+        try:
+            return StoredResponse.loads(data)
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise StoreError(f"Redis store holds an unreadable record for {response_id!r}: {exc}") from exc
+
+    async def delete(self, response_id: str) -> bool:
+        client = self._require()
+
+        async def op() -> bool:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.delete(self._key(response_id))
+                pipe.zrem(self._index, response_id)
+                deleted, _ = await pipe.execute()
+            return int(deleted) > 0
+
+        return await self._guard(op)
+
+    async def purge(self, now: float) -> int:
+        """Remove index entries (and their records) older than the TTL, then the oldest beyond
+        ``max_records``; returns how many were removed. At most ``purge_max_batches`` batches of
+        ``purge_batch`` ids per call; the rest is left for the next call. Idempotency keys need no
+        purge: Redis expires them (PX)."""
+        self._require()
+        script = self._purge_script
+        cutoff = repr(float(now - self.ttl))
+        record_prefix = f"{self.prefix}resp:"
+        dropped = 0
+        budget = self.purge_max_batches
+
+        async def batch(mode: str, bound: str) -> int:
+            async def op() -> int:
+                n = await script(keys=[self._index], args=[mode, bound, self.purge_batch, record_prefix])
+                return int(n)
+
+            return await self._guard(op)
+
+        while budget > 0:
+            budget -= 1
+            n = await batch("ttl", cutoff)
+            dropped += n
+            if n < self.purge_batch:
+                break
+        while budget > 0:
+            budget -= 1
+            n = await batch("size", str(self.max_records))
+            dropped += n
+            if n < self.purge_batch:
+                break
+        return dropped
+
+    async def claim_idempotency_key(self, key: str, response_id: str, now: float) -> str | None:
+        client = self._require()
+        name = self._idem_key(key)
+
+        async def op() -> str | None:
+            # SET NX then GET is not one command before Redis 7 (SET NX GET); if the key expires
+            # between the two, try again, a bounded number of times.
+            for _ in range(3):
+                if await client.set(name, response_id, nx=True, px=self._ttl_ms):
+                    return None
+                existing: bytes | str | None = await client.get(name)
+                if isinstance(existing, bytes):
+                    return existing.decode("utf-8")
+                if existing is not None:
+                    return existing
+            raise StoreError(f"Redis store could not claim idempotency key {key!r}: it keeps expiring.")
+
+        return await self._guard(op)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _require(self) -> aioredis.Redis:
+        if self._client is None:
+            raise StoreError("Redis store is not open.")
+        return self._client
+
+    async def _guard(self, op: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await op()
+        except (RedisError, OSError) as exc:
+            # OSError: a socket error redis-py did not wrap (it wraps most into ConnectionError).
+            raise StoreError(f"Redis store failed: {exc}") from exc

@@ -1,0 +1,20 @@
+"""The provider interface shared by HTTP upstreams and the built-in local model."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from wsproxy.core.events import Event
+from wsproxy.dialects.base import UpstreamCall
+
+
+class Provider(Protocol):
+    name: str
+    kind: str
+
+    def stream(self, call: UpstreamCall, response_id: str, created_at: int) -> AsyncIterator[Event]:
+        """Run one response. Raise ``ProxyError`` only before the first event is yielded."""
+        ...
+
+    async def aclose(self) -> None: ...
