@@ -83,7 +83,7 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         loop="uvloop",
         http="httptools",
-        ws="websockets",
+        ws="websockets-sansio",
         ws_max_size=limits.max_ws_message_bytes,
         ws_ping_interval=limits.ws_ping_interval,
         ws_ping_timeout=limits.ws_ping_timeout,

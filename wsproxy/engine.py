@@ -230,7 +230,7 @@ class Engine:
     async def _warmup(self, run: ResponseRun) -> AsyncIterator[Event]:
         """``generate: false``: prepare state without running the model."""
         builder = ResponseBuilder(run.response_id, run.request.model, run.created_at, run.request.body)
-        events = builder.start() + builder.complete(usage_object(), int(time.time()))
+        events = builder.start(in_progress=False) + builder.complete(usage_object(), int(time.time()))
         for event in events:
             if event.terminal:
                 await self._finish(run, event)

@@ -230,10 +230,12 @@ async def test_idempotency_claim_returns_existing_id(store: ResponseStore) -> No
 
 @pytest.mark.asyncio
 async def test_idempotency_key_expires_with_ttl(make: MakeStore) -> None:
-    store = await make(ttl_seconds=0.5)
+    # Real time, because Redis expires keys on its own clock. 1 s leaves slack for a slow machine
+    # between the first two claims.
+    store = await make(ttl_seconds=1.0)
     assert await store.claim_idempotency_key("idem-ttl", "resp_1", time.time()) is None
     assert await store.claim_idempotency_key("idem-ttl", "resp_2", time.time()) == "resp_1"
-    await asyncio.sleep(0.8)
+    await asyncio.sleep(1.3)
     await store.purge(time.time())
     assert await store.claim_idempotency_key("idem-ttl", "resp_3", time.time()) is None
     assert await store.claim_idempotency_key("idem-ttl", "resp_4", time.time()) == "resp_3"

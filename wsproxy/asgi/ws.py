@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 import orjson
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from wsproxy.asgi.render import error_response, ws_error, ws_event_text
 from wsproxy.core.request import CreateRequest, parse_create
@@ -81,6 +81,7 @@ class WSSession:
         self.tasks: set[asyncio.Task[None]] = set()
         self.close_code = 1000
         self.closed = False
+        self.peer_closed = False
         self.idle = asyncio.Event()
         self.idle.set()
         # Set when the session must end now (a stuck client).
@@ -148,10 +149,11 @@ class WSSession:
                         await writer
                 except (TimeoutError, asyncio.CancelledError, Exception):
                     writer.cancel()
-            try:
-                await self.ws.close(self.close_code)
-            except (RuntimeError, OSError):
-                pass  # already closed by the peer
+            if self.ws.application_state != WebSocketState.DISCONNECTED and not self.peer_closed:
+                try:
+                    await self.ws.close(self.close_code)
+                except (RuntimeError, OSError, WebSocketDisconnect):
+                    pass  # the peer went away while we were closing
 
     async def _age_limit(self) -> None:
         err = InvalidRequest(
@@ -185,6 +187,7 @@ class WSSession:
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
                 self.close_code = message.get("code", 1000)
+                self.peer_closed = True
                 return
             text = message.get("text")
             if text is None:

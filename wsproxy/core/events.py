@@ -187,13 +187,16 @@ class ResponseBuilder:
         self.response["background"] = True
         return [self._snapshot_event("response.queued")]
 
-    def start(self) -> list[Event]:
-        """``response.created`` and ``response.in_progress``."""
+    def start(self, *, in_progress: bool = True) -> list[Event]:
+        """``response.created`` and (unless told otherwise) ``response.in_progress``."""
         if self.started:
             return []
         self.started = True
         self.response["status"] = "in_progress"
-        return [self._snapshot_event("response.created"), self._snapshot_event("response.in_progress")]
+        events = [self._snapshot_event("response.created")]
+        if in_progress:
+            events.append(self._snapshot_event("response.in_progress"))
+        return events
 
     def complete(self, usage: dict[str, Any] | None, completed_at: int) -> list[Event]:
         return self._terminal("completed", usage, completed_at=completed_at)

@@ -27,7 +27,6 @@ Stream rules implemented here:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,23 +37,27 @@ from wsproxy.core.ids import IdFactory
 from wsproxy.core.sse import SSEMessage
 from wsproxy.dialects.base import UpstreamCall, UpstreamRequest
 from wsproxy.dialects.chat_request import build_chat_body
-from wsproxy.dialects.common import int_field, is_complete_json, namespace_map, retry_headers
+from wsproxy.dialects.common import (
+    Clock,
+    clock_from,
+    int_field,
+    is_complete_json,
+    namespace_map,
+    open_function_call,
+    retry_headers,
+)
 from wsproxy.errors import UpstreamError, upstream_status_error
 
-Clock = Callable[[], int]
-
-_INCOMPLETE = {"length": "max_output_tokens", "max_tokens": "max_output_tokens", "content_filter": "content_filter"}
+_INCOMPLETE = {
+    "length": "max_output_tokens",
+    "max_tokens": "max_output_tokens",
+    "content_filter": "content_filter",
+}
 _FAILED = frozenset({"error", "abort"})
 
 
 class _StreamError(Exception):
     """The upstream stream cannot be translated any further (ends the response as failed)."""
-
-
-def clock_from(call: UpstreamCall) -> Clock | None:
-    """The clock the edge injected through ``options.extra["clock"]`` (dialects never read one)."""
-    clock = call.options.extra.get("clock")
-    return clock if callable(clock) else None
 
 
 class ChatCompletionsDialect:
@@ -63,7 +66,9 @@ class ChatCompletionsDialect:
     def build_request(self, call: UpstreamCall) -> UpstreamRequest:
         return UpstreamRequest(path="/chat/completions", body=orjson.dumps(build_chat_body(call)), headers={})
 
-    def translator(self, response_id: str, call: UpstreamCall, created_at: int, ids: IdFactory) -> ChatStreamTranslator:
+    def translator(
+        self, response_id: str, call: UpstreamCall, created_at: int, ids: IdFactory
+    ) -> ChatStreamTranslator:
         return ChatStreamTranslator(response_id, call, created_at, ids, clock=clock_from(call))
 
     def error_from_status(self, status: int, body: bytes, headers: dict[str, str]) -> UpstreamError:
@@ -109,7 +114,7 @@ class ThinkSplitter:
             if self._state == "start":
                 head = self._buf.lstrip()
                 if head.startswith(self.OPEN):
-                    self._buf = head[len(self.OPEN):]
+                    self._buf = head[len(self.OPEN) :]
                     self._state = "think"
                     continue
                 if self.OPEN.startswith(head):
@@ -119,12 +124,12 @@ class ThinkSplitter:
                 end = self._buf.find(self.CLOSE)
                 if end >= 0:
                     self._emit(out, "reasoning", self._buf[:end])
-                    self._buf = self._buf[end + len(self.CLOSE):]
+                    self._buf = self._buf[end + len(self.CLOSE) :]
                     self._state, self._strip = "text", True
                     continue
                 keep = _partial_suffix(self._buf, self.CLOSE)
                 self._emit(out, "reasoning", self._buf[: len(self._buf) - keep])
-                self._buf = self._buf[len(self._buf) - keep:]
+                self._buf = self._buf[len(self._buf) - keep :]
                 return out
             else:
                 if self._strip:
@@ -176,10 +181,18 @@ class ChatStreamTranslator:
     """
 
     def __init__(
-        self, response_id: str, call: UpstreamCall, created_at: int, ids: IdFactory, *, clock: Clock | None = None
+        self,
+        response_id: str,
+        call: UpstreamCall,
+        created_at: int,
+        ids: IdFactory,
+        *,
+        clock: Clock | None = None,
     ) -> None:
         body = call.body
-        self._b = ResponseBuilder(response_id, str(body.get("model") or call.model), created_at, body, ids=ids)
+        self._b = ResponseBuilder(
+            response_id, str(body.get("model") or call.model), created_at, body, ids=ids
+        )
         self._ids = ids
         self._clock = clock
         self._created_at = created_at
@@ -371,15 +384,7 @@ class ChatStreamTranslator:
             raise _StreamError(f"The upstream sent tool call {call.index} without a function name.")
         if not call.call_id:
             call.call_id = self._ids("call")
-        namespace, name = self._names.get(call.name, (None, call.name))
-        events = self._b.function_call(call.call_id, name)
-        if namespace is not None and events:
-            # Codex declared this function inside a namespace: answer with its namespace + name.
-            # The builder has no namespace argument, so the added event is re-encoded once.
-            self._b.output[-1]["namespace"] = namespace
-            added = events[-1].json()
-            added["item"]["namespace"] = namespace
-            events[-1] = Event.build(added)
+        events = open_function_call(self._b, call.call_id, call.name, self._names)
         out += events
         call.state = "open"
         self._current = call
@@ -405,12 +410,16 @@ class ChatStreamTranslator:
     def _terminal(self) -> list[Event]:
         reason = self._finish_reason
         if reason is None:
-            return self.fail("server_error", "The upstream stream ended before the model finished (no finish_reason).")
+            return self.fail(
+                "server_error", "The upstream stream ended before the model finished (no finish_reason)."
+            )
         usage = self._usage_object()
         if reason in _INCOMPLETE:
             return self._b.incomplete(_INCOMPLETE[reason], usage)
         if reason in _FAILED:
-            return self.fail("server_error", f"The upstream ended the generation with finish_reason '{reason}'.")
+            return self.fail(
+                "server_error", f"The upstream ended the generation with finish_reason '{reason}'."
+            )
         completed_at = self._clock() if self._clock is not None else self._created_at
         return self._b.complete(usage, completed_at)
 
@@ -423,9 +432,13 @@ class ChatStreamTranslator:
         return usage_object(
             int_field(u.get("prompt_tokens")),
             int_field(u.get("completion_tokens")),
-            cached_tokens=int_field(prompt_details.get("cached_tokens")) if isinstance(prompt_details, dict) else 0,
+            cached_tokens=int_field(prompt_details.get("cached_tokens"))
+            if isinstance(prompt_details, dict)
+            else 0,
             reasoning_tokens=(
-                int_field(completion_details.get("reasoning_tokens")) if isinstance(completion_details, dict) else 0
+                int_field(completion_details.get("reasoning_tokens"))
+                if isinstance(completion_details, dict)
+                else 0
             ),
         )
 

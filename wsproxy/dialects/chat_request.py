@@ -64,14 +64,24 @@ from wsproxy.dialects.common import (
 from wsproxy.errors import InvalidRequest, invalid_param, unsupported_parameter
 
 # Optional sampling fields that have the same name and meaning in Chat Completions.
-_PASSTHROUGH = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "seed", "stop",
-                "safety_identifier", "user")
+_PASSTHROUGH = (
+    "temperature",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "stop",
+    "safety_identifier",
+    "user",
+)
 
 
 def reject_unexpressible(body: dict[str, Any], provider: str) -> None:
     """400 for request fields no translating dialect can honour (shared with Anthropic)."""
     if body.get("prompt") is not None:
-        raise unsupported_parameter("prompt", f"is not supported with {provider}: stored prompts live at OpenAI.")
+        raise unsupported_parameter(
+            "prompt", f"is not supported with {provider}: stored prompts live at OpenAI."
+        )
     top_logprobs = body.get("top_logprobs")
     if isinstance(top_logprobs, int) and top_logprobs > 0:
         raise unsupported_parameter("top_logprobs", f"is not supported with {provider}.")
@@ -133,9 +143,13 @@ def tool_choice(decls: list[FunctionDecl], choice: Any) -> tuple[list[FunctionDe
         return decls, None
     if isinstance(choice, str):
         if choice not in ("auto", "none", "required"):
-            raise invalid_param("tool_choice", "Invalid 'tool_choice': expected 'auto', 'none' or 'required'.")
+            raise invalid_param(
+                "tool_choice", "Invalid 'tool_choice': expected 'auto', 'none' or 'required'."
+            )
         if not decls and choice == "required":
-            raise invalid_param("tool_choice", "'tool_choice' is 'required' but no function tools were given.")
+            raise invalid_param(
+                "tool_choice", "'tool_choice' is 'required' but no function tools were given."
+            )
         return decls, choice
     if not isinstance(choice, dict):
         raise invalid_param("tool_choice", "Invalid type for 'tool_choice'.", "invalid_type")
@@ -169,8 +183,9 @@ def response_format(text: Any) -> dict[str, Any] | None:
         return {"type": "json_object"}
     if kind == "json_schema":
         if not isinstance(fmt.get("name"), str) or not isinstance(fmt.get("schema"), dict):
-            raise invalid_param("text.format", "A json_schema format needs 'name' and 'schema'.",
-                                "missing_required_parameter")
+            raise invalid_param(
+                "text.format", "A json_schema format needs 'name' and 'schema'.", "missing_required_parameter"
+            )
         schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if fmt.get(k) is not None}
         return {"type": "json_schema", "json_schema": schema}
     raise unsupported_parameter("text.format", f"(type '{kind}') is not supported.")
@@ -179,7 +194,9 @@ def response_format(text: Any) -> dict[str, Any] | None:
 # -- messages ---------------------------------------------------------------------------------
 
 
-def chat_messages(items: list[dict[str, Any]], instructions: Any, opts: DialectOptions) -> list[dict[str, Any]]:
+def chat_messages(
+    items: list[dict[str, Any]], instructions: Any, opts: DialectOptions
+) -> list[dict[str, Any]]:
     """Input items -> Chat messages (translation.md A.1)."""
     msgs: list[dict[str, Any]] = []
     if isinstance(instructions, str):
@@ -204,11 +221,13 @@ def chat_messages(items: list[dict[str, Any]], instructions: Any, opts: DialectO
                 tail = {"role": "assistant", "content": None}
                 msgs.append(tail)
             arguments = item.get("arguments")
-            tail.setdefault("tool_calls", []).append({
-                "id": item["call_id"],
-                "type": "function",
-                "function": {"name": call_name(item), "arguments": arguments if arguments else "{}"},
-            })
+            tail.setdefault("tool_calls", []).append(
+                {
+                    "id": item["call_id"],
+                    "type": "function",
+                    "function": {"name": call_name(item), "arguments": arguments if arguments else "{}"},
+                }
+            )
         elif kind == "function_call_output":
             text, images = _tool_output(item.get("output"), f"input[{i}].output")
             msgs.append({"role": "tool", "tool_call_id": item["call_id"], "content": text})
@@ -269,7 +288,9 @@ def _user_content(content: Any, param: str) -> str | list[dict[str, Any]]:
         elif kind == "input_file":
             parts.append(_file(part, pparam))
         else:
-            raise unsupported_parameter(pparam, f"(type '{kind}') cannot be sent to a Chat Completions upstream.")
+            raise unsupported_parameter(
+                pparam, f"(type '{kind}') cannot be sent to a Chat Completions upstream."
+            )
     if all(p["type"] == "text" for p in parts):
         # Plain strings work with every chat template; servers join text parts with "\n" too.
         return "\n".join(p["text"] for p in parts)
@@ -280,8 +301,12 @@ def _image(part: dict[str, Any], param: str) -> dict[str, Any]:
     url = part.get("image_url")
     if not isinstance(url, str) or not url:
         if part.get("file_id") is not None:
-            raise unsupported_parameter(f"{param}.file_id", "is not supported: send the image as a URL or data URL.")
-        raise invalid_param(f"{param}.image_url", "An input_image needs 'image_url'.", "missing_required_parameter")
+            raise unsupported_parameter(
+                f"{param}.file_id", "is not supported: send the image as a URL or data URL."
+            )
+        raise invalid_param(
+            f"{param}.image_url", "An input_image needs 'image_url'.", "missing_required_parameter"
+        )
     image: dict[str, Any] = {"url": url}
     if isinstance(part.get("detail"), str):
         image["detail"] = part["detail"]
@@ -295,9 +320,13 @@ def _file(part: dict[str, Any], param: str) -> dict[str, Any]:
     elif isinstance(part.get("file_id"), str):
         file["file_id"] = part["file_id"]
     elif part.get("file_url") is not None:
-        raise unsupported_parameter(f"{param}.file_url", "is not supported by Chat Completions: send file_data.")
+        raise unsupported_parameter(
+            f"{param}.file_url", "is not supported by Chat Completions: send file_data."
+        )
     else:
-        raise invalid_param(param, "An input_file needs 'file_data' or 'file_id'.", "missing_required_parameter")
+        raise invalid_param(
+            param, "An input_file needs 'file_data' or 'file_id'.", "missing_required_parameter"
+        )
     if isinstance(part.get("filename"), str):
         file["filename"] = part["filename"]
     return {"type": "file", "file": file}

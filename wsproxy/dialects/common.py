@@ -1,6 +1,6 @@
-"""Request-side helpers shared by the translating dialects (Chat Completions, Anthropic Messages).
+"""Helpers shared by the translating dialects (Chat Completions, Anthropic Messages).
 
-Role: the parts of "Responses request -> provider request" that do not depend on the provider:
+Role: the parts of the translation that do not depend on the provider:
 
 - ``function_tools``: the request's ``tools`` as plain function declarations. Codex's
   ``{"type": "namespace", "name": ns, "tools": [...]}`` entries are flattened into functions
@@ -12,19 +12,26 @@ Role: the parts of "Responses request -> provider request" that do not depend on
 - ``check_tool_pairs``: every ``function_call`` must be answered by a ``function_call_output``
   before the next user turn; providers reject such histories with vague errors, we say which
   ``call_id`` is missing.
-- data-URL parsing, tool-output text, ``json_object`` of tool-call arguments.
+- ``open_function_call``: open a function_call item with the client's namespace restored.
+- ``clock_from``: the clock the edge may inject for ``completed_at``.
+- data-URL parsing, tool-call arguments as an object, retry headers, token counts.
 
 Pure: no I/O, no clock, no environment. Knows no provider's wire format.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from wsproxy.core.events import Event, ResponseBuilder
+from wsproxy.dialects.base import UpstreamCall
 from wsproxy.errors import InvalidRequest, invalid_param, unsupported_parameter
+
+Clock = Callable[[], int]
 
 EMPTY_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
 
@@ -64,14 +71,18 @@ def _hosted(kind: str, param: str, drop: bool) -> None:
 def _decl(tool: dict[str, Any], param: str, namespace: str | None) -> FunctionDecl:
     name = tool.get("name")
     if not isinstance(name, str) or not name:
-        raise invalid_param(f"{param}.name", f"Missing required parameter: '{param}.name'.",
-                            "missing_required_parameter")
+        raise invalid_param(
+            f"{param}.name", f"Missing required parameter: '{param}.name'.", "missing_required_parameter"
+        )
     params = tool.get("parameters")
     if params is None:
         params = EMPTY_SCHEMA
     elif not isinstance(params, dict):
-        raise invalid_param(f"{param}.parameters", f"Invalid type for '{param}.parameters': expected an object.",
-                            "invalid_type")
+        raise invalid_param(
+            f"{param}.parameters",
+            f"Invalid type for '{param}.parameters': expected an object.",
+            "invalid_type",
+        )
     description = tool.get("description")
     strict = tool.get("strict")
     return FunctionDecl(
@@ -101,15 +112,20 @@ def function_tools(tools: Any, *, drop_unsupported: bool) -> list[FunctionDecl]:
         elif kind == "namespace":
             ns = tool.get("name")
             if not isinstance(ns, str) or not ns:
-                raise invalid_param(f"{param}.name", f"Missing required parameter: '{param}.name'.",
-                                    "missing_required_parameter")
+                raise invalid_param(
+                    f"{param}.name",
+                    f"Missing required parameter: '{param}.name'.",
+                    "missing_required_parameter",
+                )
             members = tool.get("tools") or []
             if not isinstance(members, list):
                 raise invalid_param(f"{param}.tools", "Invalid type: expected an array.", "invalid_type")
             for j, member in enumerate(members):
                 mparam = f"{param}.tools[{j}]"
                 if not isinstance(member, dict):
-                    raise invalid_param(mparam, f"Invalid type for '{mparam}': expected an object.", "invalid_type")
+                    raise invalid_param(
+                        mparam, f"Invalid type for '{mparam}': expected an object.", "invalid_type"
+                    )
                 mkind = member.get("type", "function")
                 if mkind == "function":
                     out.append(_decl(member, mparam, ns))
@@ -253,11 +269,11 @@ TEXT_PARTS = frozenset({"input_text", "output_text", "text", "summary_text", "re
 
 
 def retry_headers(headers: dict[str, str]) -> dict[str, str]:
-    """The provider headers a client should see with an error: only the retry hints."""
+    """The provider headers a client should see with an error: retry and rate-limit hints."""
     keep: dict[str, str] = {}
     for key, value in headers.items():
         low = key.lower()
-        if low in ("retry-after", "retry-after-ms"):
+        if low in ("retry-after", "retry-after-ms") or low.startswith("x-ratelimit-"):
             keep[low] = value
     return keep
 
@@ -271,3 +287,27 @@ def int_field(value: Any) -> int:
     if isinstance(value, float):
         return int(value)
     return 0
+
+
+def clock_from(call: UpstreamCall) -> Clock | None:
+    """The clock the edge injected through ``options.extra["clock"]`` (dialects never read one);
+    without it translators use ``created_at`` as ``completed_at``."""
+    clock = call.options.extra.get("clock")
+    return clock if callable(clock) else None
+
+
+def open_function_call(
+    builder: ResponseBuilder, call_id: str, upstream_name: str, names: dict[str, tuple[str, str]]
+) -> list[Event]:
+    """Open a function_call item; a flattened namespace member gets its ``namespace`` + ``name``
+    back (Codex dispatches on both)."""
+    namespace, name = names.get(upstream_name, (None, upstream_name))
+    events = builder.function_call(call_id, name)
+    if namespace is not None and events:
+        # The builder has no namespace argument: patch the item (later events and the terminal
+        # snapshot share it) and re-encode the one output_item.added event already built.
+        builder.output[-1]["namespace"] = namespace
+        added = events[-1].json()
+        added["item"]["namespace"] = namespace
+        events[-1] = Event.build(added)
+    return events

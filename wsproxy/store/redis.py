@@ -219,6 +219,7 @@ class RedisStore:
         return dropped
 
     async def claim_idempotency_key(self, key: str, response_id: str, now: float) -> str | None:
+        # ``now`` is not needed: Redis expires the key on its own clock (PX ttl from the claim).
         client = self._require()
         name = self._idem_key(key)
 
