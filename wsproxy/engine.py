@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from wsproxy.core.events import Event, ResponseBuilder, usage_object
+from wsproxy.core.events import Event, ResponseBuilder, output_text, usage_object
 from wsproxy.core.ids import random_id
-from wsproxy.core.request import CreateRequest
+from wsproxy.core.request import CreateRequest, parse_create
 from wsproxy.dialects.base import DialectOptions, UpstreamCall
 from wsproxy.errors import ProxyError, previous_response_not_found
 from wsproxy.policy.routing import Router, Target
@@ -41,18 +41,28 @@ _ITEM_PREFIX = {
     "item_reference": "ref",
 }
 
+COMPACTION_INSTRUCTIONS = (
+    "You compact conversations. Write a faithful, complete summary of the conversation above: "
+    "the user's goals, decisions made, facts established, tool calls and their results, and open "
+    "questions. Write it so that the conversation can continue from the summary alone."
+)
+COMPACTION_PREFIX = "Summary of the conversation so far:\n"
+
 CacheLookup = Callable[[str], StoredResponse | None]
 
 
 def with_item_ids(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Input items as stored: every item gets an id (input_items lists them by id)."""
+    """Input items as stored and listed by input_items: every item has an id, and a message's
+    string content is the equivalent one-part list, as OpenAI lists it."""
     out = []
     for item in items:
-        if isinstance(item.get("id"), str):
-            out.append(item)
-            continue
         kind = item.get("type", "message")
-        out.append({"id": random_id(_ITEM_PREFIX.get(kind, "item")), "type": kind, **item})
+        if kind == "message" and isinstance(item.get("content"), str):
+            part = "output_text" if item.get("role") == "assistant" else "input_text"
+            item = {**item, "content": [{"type": part, "text": item["content"]}]}
+        if not isinstance(item.get("id"), str):
+            item = {"id": random_id(_ITEM_PREFIX.get(kind, "item")), "type": kind, **item}
+        out.append(item)
     return out
 
 
@@ -158,6 +168,50 @@ class Engine:
         options = self.dialect_options.get(target.provider, DialectOptions())
         return UpstreamCall(body=body, input=items, model=target.model, options=options)
 
+    # -- compaction ---------------------------------------------------------------------------
+
+    async def compact(self, body: dict[str, Any], principal: str | None) -> dict[str, Any]:
+        """A compacted input window: passed through to an OpenAI-native provider; for the others
+        the same model writes a summary that replaces the history."""
+        request = parse_create({**body, "store": False}, websocket=False)
+        run = await self.prepare(request, principal)
+        target = run.targets[0]
+        provider = self.providers[target.provider]
+        if provider.kind == "openai" and hasattr(provider, "post_json"):
+            call = self._call_for(run, target, provider)
+            payload = {k: v for k, v in call.body.items() if k != "store"}
+            payload.update(model=call.model, input=call.input)
+            result: dict[str, Any] = await provider.post_json("/responses/compact", payload)
+            return result
+        summary_request = parse_create(
+            {
+                "model": request.model,
+                "instructions": COMPACTION_INSTRUCTIONS,
+                "input": [
+                    *run.effective_input,
+                    {"role": "user", "content": "Summarize the conversation so far for your own later use."},
+                ],
+                "store": False,
+            },
+            websocket=False,
+        )
+        summary_run = await self.prepare(summary_request, principal)
+        async for _ in self.events(summary_run):
+            pass
+        final = summary_run.final
+        if final is None or final.response.get("status") != "completed":
+            raise ProxyError("The model could not compact this conversation.", status=502)
+        text = output_text(final.response.get("output") or [])
+        window = [{"type": "message", "role": "user",
+                   "content": [{"type": "input_text", "text": f"{COMPACTION_PREFIX}{text}"}]}]
+        return {
+            "id": random_id("cmp"),
+            "object": "response.compaction",
+            "created_at": int(time.time()),
+            "output": with_item_ids(window),
+            "usage": final.response.get("usage"),
+        }
+
     # -- running ------------------------------------------------------------------------------
 
     async def events(self, run: ResponseRun) -> AsyncIterator[Event]:
@@ -254,6 +308,3 @@ class Engine:
             await self.store.put(record)
 
 
-async def collect(events: AsyncIterator[Event], sink: Callable[[Event], Awaitable[None]]) -> None:
-    async for event in events:
-        await sink(event)

@@ -77,6 +77,8 @@ class Runtime:
     # Open streams (SSE, JSON, WebSocket responses) for the shutdown drain.
     active_responses: int = 0
     drained: asyncio.Event = field(default_factory=asyncio.Event)
+    # Non-streaming requests with an Idempotency-Key that are running now, by scoped key.
+    idempotent_inflight: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         """A task owned by the runtime: kept, and cancelled at close."""

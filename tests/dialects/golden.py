@@ -23,7 +23,7 @@ from wsproxy.core.events import TERMINAL_TYPES, Event
 from wsproxy.core.ids import counter_ids
 from wsproxy.core.sse import SSEDecoder
 from wsproxy.dialects.anthropic_messages import AnthropicMessagesDialect
-from wsproxy.dialects.base import DialectOptions, Dialect, StreamTranslator, UpstreamCall
+from wsproxy.dialects.base import Dialect, DialectOptions, StreamTranslator, UpstreamCall
 from wsproxy.dialects.chat_completions import ChatCompletionsDialect
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -138,7 +138,7 @@ def check_stream(events: list[dict[str, Any]]) -> None:
     args: dict[int, list[str]] = {}
     for e in events:
         kind = e["type"]
-        index = e.get("output_index")
+        index: Any = e.get("output_index")
         if kind == "response.output_item.added":
             assert index == len(added), "output_index contiguous from 0, in the order items are added"
             assert open_index is None, "items stream one after another"
@@ -152,7 +152,7 @@ def check_stream(events: list[dict[str, Any]]) -> None:
             if "item_id" in e:
                 assert e["item_id"] == item_id, "item_id equals the added item's id"
         if kind in _DELTA_DONE:
-            slot = e.get("content_index", e.get("summary_index"))
+            slot: Any = e.get("content_index", e.get("summary_index"))
             deltas.setdefault((index, kind, slot), []).append(e["delta"])
         elif kind == "response.function_call_arguments.delta":
             args.setdefault(index, []).append(e["delta"])
@@ -179,7 +179,10 @@ def check_stream(events: list[dict[str, Any]]) -> None:
 
 
 def _check_item_text(
-    item: dict[str, Any], index: int, deltas: dict[tuple[int, str, int], list[str]], args: dict[int, list[str]]
+    item: dict[str, Any],
+    index: int,
+    deltas: dict[tuple[int, str, int], list[str]],
+    args: dict[int, list[str]],
 ) -> None:
     if item["type"] == "function_call":
         assert item["arguments"] == ("".join(args.get(index, [])) or "{}")

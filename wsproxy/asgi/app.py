@@ -17,7 +17,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from wsproxy.asgi import stored
-from wsproxy.asgi.http import authenticate, create_response, responses_get, runtime_of
+from wsproxy.asgi.http import authenticate, compact, create_response, responses_get, runtime_of
 from wsproxy.asgi.render import error_response, json_response
 from wsproxy.asgi.ws import websocket_endpoint
 from wsproxy.errors import ProxyError
@@ -75,6 +75,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         WebSocketRoute("/v1/responses", websocket_endpoint),
         Route("/v1/responses", create_response, methods=["POST"]),
         Route("/v1/responses", responses_get, methods=["GET"]),
+        Route("/v1/responses/compact", compact, methods=["POST"]),
         *stored.routes(),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
@@ -22,7 +23,7 @@ from wsproxy.asgi.render import error_response, json_response
 from wsproxy.core.events import Event
 from wsproxy.core.request import loads_object, parse_create
 from wsproxy.core.sse import DONE, KEEPALIVE, encode_event
-from wsproxy.errors import InvalidRequest, PayloadTooLarge, ProxyError, UpstreamError
+from wsproxy.errors import InvalidRequest, PayloadTooLarge, ProxyError, UpstreamError, unknown_parameter
 from wsproxy.policy.auth import bearer_token
 from wsproxy.runtime import Runtime
 
@@ -81,7 +82,76 @@ async def create_response(request: Request) -> Response:
     events = runtime.engine.events(run)
     if req.stream:
         return SSEResponse(runtime, events)
+    key = request.headers.get("idempotency-key")
+    if key:
+        return await idempotent(runtime, run, events, key)
     return JSONResponseFromEvents(runtime, events, run)
+
+
+async def idempotent(runtime: Runtime, run: Any, events: AsyncIterator[Event], key: str) -> Response:
+    """A retried non-streaming POST with the same ``Idempotency-Key`` gets the first result.
+
+    Keys are scoped to the principal. Within one process a retry that arrives while the first
+    request still runs waits for it; across replicas the store's atomic claim decides, and a
+    retry that finds the first still running elsewhere gets a 409 it may retry.
+    """
+    scoped = f"{run.principal or 'anonymous'}:{key}"
+    inflight: dict[str, asyncio.Future[Response]] = runtime.idempotent_inflight
+    pending = inflight.get(scoped)
+    if pending is not None:
+        await _close(events)
+        return await asyncio.shield(pending)
+    future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+    inflight[scoped] = future  # before any await: concurrent retries in this process wait on it
+    # Not tied to the client connection: a client that gave up finds the result when it retries.
+    runtime.response_started()
+    try:
+        existing = await runtime.store.claim_idempotency_key(scoped, run.response_id, time.time())
+        if existing is not None:
+            await _close(events)
+            result = await _replay_idempotent(runtime, existing, run.principal)
+        else:
+            result = await _run_idempotent(runtime, run, events)
+        future.set_result(result)
+        return result
+    except BaseException as exc:
+        future.set_exception(exc)
+        future.exception()  # retrieved here: waiters re-raise it themselves
+        raise
+    finally:
+        inflight.pop(scoped, None)
+        runtime.response_ended()
+
+
+async def _replay_idempotent(runtime: Runtime, response_id: str, principal: str | None) -> Response:
+    record = await runtime.engine.lookup(response_id, principal)
+    if record is None:
+        return error_response(ProxyError(
+            "A request with this Idempotency-Key is still in progress.", status=409,
+            code="idempotency_key_in_use", type="invalid_request_error",
+        ))
+    return json_response(record.response, headers={"idempotent-replayed": "true"})
+
+
+async def _run_idempotent(runtime: Runtime, run: Any, events: AsyncIterator[Event]) -> Response:
+    try:
+        async for _ in events:
+            pass
+    except ProxyError as exc:
+        return error_response(exc)
+    final = run.final
+    if final is None:
+        return error_response(UpstreamError("The response ended without a result."))
+    if final.id != run.response_id and run.request.store:
+        # Passthrough responses carry the upstream's id: the claim points at ours.
+        await runtime.store.put(replace(final, id=run.response_id))
+    return json_response(final.response)
+
+
+async def _close(events: AsyncIterator[Event]) -> None:
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 class _Streamed(Response):
@@ -196,3 +266,19 @@ async def responses_get(request: Request) -> Response:
     response = error_response(err)
     response.headers["upgrade"] = "websocket"
     return response
+
+
+async def compact(request: Request) -> Response:
+    """``POST /v1/responses/compact``: a shorter input window that continues the conversation."""
+    runtime = runtime_of(request)
+    try:
+        principal = authenticate(runtime, request)
+        obj = loads_object(await read_body(request, runtime.settings.limits.max_body_bytes))
+        allowed = {"model", "input", "instructions", "previous_response_id", "prompt_cache_key"}
+        unknown = next((k for k in obj if k not in allowed), None)
+        if unknown is not None:
+            raise unknown_parameter(unknown)
+        result = await runtime.engine.compact(obj, principal)
+    except ProxyError as exc:
+        return error_response(exc)
+    return json_response(result)

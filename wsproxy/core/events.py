@@ -510,7 +510,7 @@ class ResponseBuilder:
         return None if self._open is None else str(self._open.item["type"])
 
 
-def count_output_text(output: Iterable[dict[str, Any]]) -> str:
+def output_text(output: Iterable[dict[str, Any]]) -> str:
     """The concatenated ``output_text`` of a response's message items (the SDK's ``output_text``)."""
     parts: list[str] = []
     for item in output:

@@ -51,6 +51,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from wsproxy.dialects.base import DialectOptions, UpstreamCall
 from wsproxy.dialects.common import (
     TEXT_PARTS,
@@ -221,16 +223,19 @@ def chat_messages(
                 tail = {"role": "assistant", "content": None}
                 msgs.append(tail)
             arguments = item.get("arguments")
+            if isinstance(arguments, dict):
+                arguments = orjson.dumps(arguments).decode()
             tail.setdefault("tool_calls", []).append(
                 {
-                    "id": item["call_id"],
+                    "id": str(item.get("call_id")),
                     "type": "function",
-                    "function": {"name": call_name(item), "arguments": arguments if arguments else "{}"},
+                    # Chat templates parse the arguments: an empty string is not JSON.
+                    "function": {"name": call_name(item), "arguments": arguments or "{}"},
                 }
             )
         elif kind == "function_call_output":
             text, images = _tool_output(item.get("output"), f"input[{i}].output")
-            msgs.append({"role": "tool", "tool_call_id": item["call_id"], "content": text})
+            msgs.append({"role": "tool", "tool_call_id": str(item.get("call_id")), "content": text})
             tool_images += images
         elif kind == "reasoning":
             continue

@@ -22,8 +22,10 @@ import email.utils
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import httpx2
+import orjson
 
 from wsproxy.core.events import Event
 from wsproxy.core.ids import random_id
@@ -171,6 +173,24 @@ class HTTPProvider:
             log.info("retrying provider=%s attempt=%d wait=%.2fs after %r", self.name, attempt + 1, wait, error)
             attempt += 1
             await asyncio.sleep(wait)
+
+    async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A plain JSON call (e.g. ``/responses/compact``), with the same retries and mapping."""
+        req = UpstreamRequest(path=path, body=orjson.dumps(body), headers={"accept": "application/json"})
+        response = await self._open(req)
+        try:
+            data = await response.aread()
+        except (httpx2.HTTPError, OSError) as exc:
+            raise map_transport_error(exc, self.name) from None
+        finally:
+            await response.aclose()
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(f"Provider '{self.name}' answered with invalid JSON.") from None
+        if not isinstance(value, dict):
+            raise UpstreamError(f"Provider '{self.name}' answered with a non-object.")
+        return value
 
     async def stream(self, call: UpstreamCall, response_id: str, created_at: int) -> AsyncIterator[Event]:
         req = self.dialect.build_request(call)
