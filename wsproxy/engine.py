@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,9 +160,11 @@ class Engine:
             )
             if holds or (prev is None and run.request.previous_response_id):
                 # The upstream keeps this chain itself: send only the new input (cheaper).
-                items = with_item_ids(list(run.request.input)) if prev is None else items[
-                    len(prev.input_items) + len(prev.response.get("output") or []) :
-                ]
+                items = (
+                    with_item_ids(list(run.request.input))
+                    if prev is None
+                    else items[len(prev.input_items) + len(prev.response.get("output") or []) :]
+                )
             else:
                 body = {k: v for k, v in body.items() if k != "previous_response_id"}
         options = self.dialect_options.get(target.provider, DialectOptions())
@@ -202,8 +204,13 @@ class Engine:
         if final is None or final.response.get("status") != "completed":
             raise ProxyError("The model could not compact this conversation.", status=502)
         text = output_text(final.response.get("output") or [])
-        window = [{"type": "message", "role": "user",
-                   "content": [{"type": "input_text", "text": f"{COMPACTION_PREFIX}{text}"}]}]
+        window = [
+            {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": f"{COMPACTION_PREFIX}{text}"}],
+            }
+        ]
         return {
             "id": random_id("cmp"),
             "object": "response.compaction",
@@ -243,7 +250,7 @@ class Engine:
         raise last_error
 
     async def _guarded(
-        self, run: ResponseRun, stream: AsyncIterator[Event], first: Event | None
+        self, run: ResponseRun, stream: AsyncGenerator[Event, None], first: Event | None
     ) -> AsyncIterator[Event]:
         """Forward a provider's events; make sure exactly one terminal event ends them."""
         last_seq = -1
@@ -270,9 +277,7 @@ class Engine:
         else:
             failure = ("server_error", "The upstream stream ended without a terminal event.")
         finally:
-            aclose = getattr(stream, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await stream.aclose()
         if failure is not None:
             builder = ResponseBuilder(run.response_id, run.request.model, run.created_at, run.request.body)
             builder.seq, builder.started = last_seq + 1, last_seq >= 0
@@ -306,5 +311,3 @@ class Engine:
             self.on_usage(run.principal, run.provider_used or "", response.get("usage"))
         if run.request.store:
             await self.store.put(record)
-
-

@@ -135,9 +135,7 @@ def unknown_parameter(name: str) -> InvalidRequest:
 
 
 def unsupported_parameter(name: str, why: str) -> InvalidRequest:
-    return InvalidRequest(
-        f"Unsupported parameter: '{name}' {why}", param=name, code="unsupported_parameter"
-    )
+    return InvalidRequest(f"Unsupported parameter: '{name}' {why}", param=name, code="unsupported_parameter")
 
 
 def previous_response_not_found(response_id: str) -> InvalidRequest:

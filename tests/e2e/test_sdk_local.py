@@ -24,7 +24,10 @@ def test_create_stream_sse(proxy) -> None:
     events = list(stream)
     types = [e.type for e in events]
     assert types[:4] == [
-        "response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.content_part.added",
     ]
     assert types[-1] == "response.completed"
     assert [e.sequence_number for e in events] == list(range(len(events)))
@@ -46,15 +49,28 @@ def test_instructions_are_honoured(proxy) -> None:
 
 
 def test_function_call_and_tool_loop(proxy) -> None:
-    tools = [{"type": "function", "name": "get_weather", "description": "weather", "strict": True,
-              "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                             "required": ["city"], "additionalProperties": False}}]
+    tools = [
+        {
+            "type": "function",
+            "name": "get_weather",
+            "description": "weather",
+            "strict": True,
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+                "additionalProperties": False,
+            },
+        }
+    ]
     c = client(proxy)
     first = c.responses.create(model="local", input="what is the get_weather in Paris", tools=tools)
     calls = [o for o in first.output if o.type == "function_call"]
     assert len(calls) == 1 and calls[0].name == "get_weather"
     second = c.responses.create(
-        model="local", previous_response_id=first.id, tools=tools,
+        model="local",
+        previous_response_id=first.id,
+        tools=tools,
         input=[{"type": "function_call_output", "call_id": calls[0].call_id, "output": "sunny and 21C"}],
     )
     assert "The tool returned: sunny and 21C" in second.output_text

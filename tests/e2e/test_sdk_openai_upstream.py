@@ -40,7 +40,9 @@ def test_passthrough_websocket_continuation_store_false(proxy, fake_openai) -> N
         first = until_terminal(conn)[-1]
         assert first.type == "response.completed"
         n = len(fake.requests)
-        conn.response.create(model="up2@fake", input="turn two", store=False, previous_response_id=first.response.id)
+        conn.response.create(
+            model="up2@fake", input="turn two", store=False, previous_response_id=first.response.id
+        )
         second = until_terminal(conn)[-1]
         assert second.type == "response.completed"
         body: dict[str, Any] = fake.requests[n]["body"]
@@ -66,8 +68,12 @@ def test_upstream_error_status_passes_through(proxy) -> None:
 
 def test_upstream_dies_midstream_gives_one_failed_event(proxy) -> None:
     events = list(client(proxy).responses.create(model="up1@die-after-5", input="x y z", stream=True))
-    terminal = [e for e in events if e.type.startswith("response.") and e.type in
-                ("response.completed", "response.failed", "response.incomplete")]
+    terminal = [
+        e
+        for e in events
+        if e.type.startswith("response.")
+        and e.type in ("response.completed", "response.failed", "response.incomplete")
+    ]
     assert len(terminal) == 1 and terminal[0].type == "response.failed"
     assert events[-1].type == "response.failed"
     assert [e.sequence_number for e in events] == list(range(len(events)))

@@ -108,13 +108,21 @@ def test_invalid_stream_id_and_bad_frames_keep_socket_open(proxy) -> None:
 
 def test_generate_false_warmup_then_continue(proxy) -> None:
     with client(proxy).responses.connect() as conn:
-        conn.send({"type": "response.create", "model": "local", "generate": False, "store": False,
-                   "input": [{"role": "developer", "content": "You are terse."}]})
+        conn.send(
+            {
+                "type": "response.create",
+                "model": "local",
+                "generate": False,
+                "store": False,
+                "input": [{"role": "developer", "content": "You are terse."}],
+            }
+        )
         warm = until_terminal(conn)
         assert [e.type for e in warm] == ["response.created", "response.completed"]
         assert warm[-1].response.output == []
-        conn.response.create(model="local", input="go", store=False, previous_response_id=warm[-1].response.id,
-                             stream=True)  # Codex sends stream: true over WebSocket; it is accepted
+        conn.response.create(
+            model="local", input="go", store=False, previous_response_id=warm[-1].response.id, stream=True
+        )  # Codex sends stream: true over WebSocket; it is accepted
         assert until_terminal(conn)[-1].type == "response.completed"
 
 

@@ -168,15 +168,23 @@ def test_idempotent_retry_returns_first_result(proxy, fake_openai) -> None:
         again = http.post("/v1/responses", json=body, headers=headers)
         assert again.json()["id"] == first["id"]
         assert again.headers.get("idempotent-replayed") == "true"
-        other = http.post("/v1/responses", json=body, headers={**headers, "Idempotency-Key": "order-43"}).json()
+        other = http.post(
+            "/v1/responses", json=body, headers={**headers, "Idempotency-Key": "order-43"}
+        ).json()
         assert other["id"] != first["id"]
         # Passthrough: the id the client got round-trips on retry too.
         fake, _ = fake_openai
         n = len(fake.requests)
-        up = http.post("/v1/responses", json={"model": "up2@fake", "input": "x"},
-                       headers={**headers, "Idempotency-Key": "up-1"}).json()
-        up_again = http.post("/v1/responses", json={"model": "up2@fake", "input": "x"},
-                             headers={**headers, "Idempotency-Key": "up-1"}).json()
+        up = http.post(
+            "/v1/responses",
+            json={"model": "up2@fake", "input": "x"},
+            headers={**headers, "Idempotency-Key": "up-1"},
+        ).json()
+        up_again = http.post(
+            "/v1/responses",
+            json={"model": "up2@fake", "input": "x"},
+            headers={**headers, "Idempotency-Key": "up-1"},
+        ).json()
         assert up_again["output"] == up["output"]
         assert len(fake.requests) == n + 1
 
@@ -187,8 +195,11 @@ def test_idempotent_concurrent_retries_run_once(proxy) -> None:
 
     def post() -> None:
         with httpx2.Client(base_url=proxy.url, timeout=30) as http:
-            results.append(http.post("/v1/responses", json={"model": "local", "input": "w " * 50},
-                                     headers=headers).json()["id"])
+            results.append(
+                http.post(
+                    "/v1/responses", json={"model": "local", "input": "w " * 50}, headers=headers
+                ).json()["id"]
+            )
 
     threads = [threading.Thread(target=post) for _ in range(4)]
     for t in threads:
@@ -200,16 +211,20 @@ def test_idempotent_concurrent_retries_run_once(proxy) -> None:
 
 def test_compact_local_model(proxy) -> None:
     with httpx2.Client(base_url=proxy.url, timeout=30) as http:
-        r = http.post("/v1/responses/compact", json={
-            "model": "local", "input": [{"role": "user", "content": "we decided on blue"}]})
+        r = http.post(
+            "/v1/responses/compact",
+            json={"model": "local", "input": [{"role": "user", "content": "we decided on blue"}]},
+        )
         assert r.status_code == 200, r.text
         data = r.json()
         assert data["object"] == "response.compaction"
         text = data["output"][0]["content"][0]["text"]
         assert text.startswith("Summary of the conversation so far:")
         # The compacted window is a valid input for the next turn.
-        nxt = http.post("/v1/responses", json={"model": "local", "input": data["output"] + [
-            {"role": "user", "content": "and now?"}]})
+        nxt = http.post(
+            "/v1/responses",
+            json={"model": "local", "input": data["output"] + [{"role": "user", "content": "and now?"}]},
+        )
         assert nxt.status_code == 200 and nxt.json()["status"] == "completed"
 
 
@@ -226,15 +241,28 @@ def test_compact_passes_through_to_openai_native(make_proxy, tmp_path) -> None:
             if not m.get("more_body"):
                 break
         seen.append({"path": scope["path"], "body": orjson.loads(body)})
-        out = {"id": "cmp_up", "object": "response.compaction", "created_at": 1,
-               "output": [{"type": "compaction", "id": "cmp_1", "encrypted_content": "opaque"}], "usage": None}
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        out = {
+            "id": "cmp_up",
+            "object": "response.compaction",
+            "created_at": 1,
+            "output": [{"type": "compaction", "id": "cmp_1", "encrypted_content": "opaque"}],
+            "usage": None,
+        }
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         await send({"type": "http.response.body", "body": orjson.dumps(out)})
 
     up = HypercornThread(app).start()
     try:
         cfg = tmp_path / "compact.toml"
-        cfg.write_text(f'[store]\nbackend = "memory"\n[providers.oa]\nkind = "openai"\nbase_url = "{up.url}/v1"\n')
+        cfg.write_text(
+            f'[store]\nbackend = "memory"\n[providers.oa]\nkind = "openai"\nbase_url = "{up.url}/v1"\n'
+        )
         from tests.fakes.servers import UvicornThread
         from wsproxy.asgi.app import create_app
         from wsproxy.settings import load_settings

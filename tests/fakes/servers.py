@@ -42,8 +42,16 @@ class UvicornThread:
     def __init__(self, app: Any, **config: Any) -> None:
         self.port = free_port()
         self.config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, loop="uvloop", http="httptools",
-            ws="websockets-sansio", lifespan="on", log_level="warning", access_log=False, **config,
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            loop="uvloop",
+            http="httptools",
+            ws="websockets-sansio",
+            lifespan="on",
+            log_level="warning",
+            access_log=False,
+            **config,
         )
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"uvicorn-{self.port}")

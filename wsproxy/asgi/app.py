@@ -35,7 +35,12 @@ async def list_models(request: Request) -> Response:
         return error_response(exc)
     created = int(runtime.started_at)
     data = [
-        {"id": name, "object": "model", "created": created, "owned_by": name.partition("@")[0] if "@" in name else "wsproxy"}
+        {
+            "id": name,
+            "object": "model",
+            "created": created,
+            "owned_by": name.partition("@")[0] if "@" in name else "wsproxy",
+        }
         for name in runtime.engine.router.models()
     ]
     return json_response({"object": "list", "data": data})
@@ -47,7 +52,9 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     runtime = runtime_of(request)
-    return PlainTextResponse("ready" if runtime.ready else "shutting down", status_code=200 if runtime.ready else 503)
+    return PlainTextResponse(
+        "ready" if runtime.ready else "shutting down", status_code=200 if runtime.ready else 503
+    )
 
 
 async def metrics(request: Request) -> Response:
@@ -63,7 +70,9 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         app.state.runtime = runtime
         log.info(
             "wsproxy ready providers=%s default=%s store=%s auth=%s",
-            ",".join(settings.providers), settings.default_provider, settings.store.backend,
+            ",".join(settings.providers),
+            settings.default_provider,
+            settings.store.backend,
             "on" if runtime.keyring.enabled else "off",
         )
         try:

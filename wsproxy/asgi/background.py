@@ -188,7 +188,9 @@ def starting_after(request: Request) -> int:
     try:
         return int(request.query_params.get("starting_after", "-1"))
     except ValueError:
-        raise InvalidRequest("Invalid 'starting_after': expected an integer.", param="starting_after") from None
+        raise InvalidRequest(
+            "Invalid 'starting_after': expected an integer.", param="starting_after"
+        ) from None
 
 
 async def replay_response(request: Request, runtime: Runtime, record: StoredResponse) -> Response:

@@ -32,7 +32,7 @@ LEGACY_TERMINAL_TYPES = frozenset({"response.done"})
 class Event:
     """One Responses event: its type and its single-line JSON payload."""
 
-    __slots__ = ("type", "data", "seq")
+    __slots__ = ("data", "seq", "type")
 
     def __init__(self, type: str, data: bytes, seq: int = -1) -> None:
         self.type = type
@@ -132,7 +132,7 @@ def usage_object(
 class _OpenItem:
     """The item currently streaming: its index, the item dict and the open part, if any."""
 
-    __slots__ = ("index", "item", "part_kind", "part_index", "buffer")
+    __slots__ = ("buffer", "index", "item", "part_index", "part_kind")
 
     def __init__(self, index: int, item: dict[str, Any]) -> None:
         self.index = index
@@ -334,7 +334,9 @@ class ResponseBuilder:
             part["text"] = text
             return [
                 self._event("response.reasoning_summary_text.done", **common, summary_index=idx, text=text),
-                self._event("response.reasoning_summary_part.done", **common, summary_index=idx, part=dict(part)),
+                self._event(
+                    "response.reasoning_summary_part.done", **common, summary_index=idx, part=dict(part)
+                ),
             ]
         part = item.item["content"][idx]
         if kind == "output_text":

@@ -32,8 +32,11 @@ def replay_events(response: dict[str, Any]) -> list[Event]:
         item_id = item.get("id")
         kind = item.get("type")
         if kind == "message":
-            emit("response.output_item.added", output_index=index,
-                 item={**item, "status": "in_progress", "content": []})
+            emit(
+                "response.output_item.added",
+                output_index=index,
+                item={**item, "status": "in_progress", "content": []},
+            )
             for ci, part in enumerate(item.get("content") or []):
                 common = {"item_id": item_id, "output_index": index, "content_index": ci}
                 if part.get("type") == "refusal":
@@ -42,18 +45,29 @@ def replay_events(response: dict[str, Any]) -> list[Event]:
                     emit("response.refusal.done", **common, refusal=part.get("refusal", ""))
                 else:
                     text = part.get("text", "")
-                    emit("response.content_part.added", **common,
-                         part={"type": "output_text", "text": "", "annotations": [], "logprobs": []})
+                    emit(
+                        "response.content_part.added",
+                        **common,
+                        part={"type": "output_text", "text": "", "annotations": [], "logprobs": []},
+                    )
                     emit("response.output_text.delta", **common, delta=text, logprobs=[])
                     emit("response.output_text.done", **common, text=text, logprobs=[])
                 emit("response.content_part.done", **common, part=part)
         elif kind == "function_call":
-            emit("response.output_item.added", output_index=index,
-                 item={**item, "status": "in_progress", "arguments": ""})
+            emit(
+                "response.output_item.added",
+                output_index=index,
+                item={**item, "status": "in_progress", "arguments": ""},
+            )
             args = item.get("arguments", "")
             emit("response.function_call_arguments.delta", item_id=item_id, output_index=index, delta=args)
-            emit("response.function_call_arguments.done", item_id=item_id, output_index=index,
-                 arguments=args, name=item.get("name"))
+            emit(
+                "response.function_call_arguments.done",
+                item_id=item_id,
+                output_index=index,
+                arguments=args,
+                name=item.get("name"),
+            )
         else:
             emit("response.output_item.added", output_index=index, item=item)
         emit("response.output_item.done", output_index=index, item=item)

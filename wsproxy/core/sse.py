@@ -23,7 +23,7 @@ class SSEMessage:
 
 
 class SSEDecoder:
-    __slots__ = ("_buf", "_event", "_data", "_max_line", "_pending_cr")
+    __slots__ = ("_buf", "_data", "_event", "_max_line", "_pending_cr")
 
     def __init__(self, max_line: int = 16 * 1024 * 1024) -> None:
         self._buf = bytearray()

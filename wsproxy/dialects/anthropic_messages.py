@@ -288,8 +288,13 @@ class AnthropicStreamTranslator:
             self._blocks[index] = _Block("ignored")
         return out
 
+    def _block(self, event: dict[str, Any]) -> _Block | None:
+        """The block an event's ``index`` names (content_block_stop does not say its type)."""
+        index = event.get("index")
+        return self._blocks.get(index) if isinstance(index, int) else None
+
     def _block_delta(self, event: dict[str, Any]) -> list[Event]:
-        block = self._blocks.get(event.get("index"))  # type: ignore[arg-type]
+        block = self._block(event)
         delta = event.get("delta")
         if block is None or not isinstance(delta, dict):
             return []
@@ -308,7 +313,7 @@ class AnthropicStreamTranslator:
         return []
 
     def _block_stop(self, event: dict[str, Any]) -> list[Event]:
-        block = self._blocks.get(event.get("index"))  # type: ignore[arg-type]
+        block = self._block(event)
         if block is None:
             return []
         if block.kind == "text":

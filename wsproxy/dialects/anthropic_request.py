@@ -55,7 +55,6 @@ from typing import Any
 import orjson
 
 from wsproxy.dialects.base import DialectOptions, UpstreamCall
-from wsproxy.dialects.chat_request import reject_unexpressible
 from wsproxy.dialects.common import (
     TEXT_PARTS,
     FunctionDecl,
@@ -66,6 +65,7 @@ from wsproxy.dialects.common import (
     function_tools,
     message_parts,
     parse_data_url,
+    reject_unexpressible,
 )
 from wsproxy.errors import invalid_param, unsupported_parameter
 

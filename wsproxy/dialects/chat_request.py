@@ -62,6 +62,7 @@ from wsproxy.dialects.common import (
     check_tool_pairs,
     function_tools,
     message_parts,
+    reject_unexpressible,
 )
 from wsproxy.errors import InvalidRequest, invalid_param, unsupported_parameter
 
@@ -76,19 +77,6 @@ _PASSTHROUGH = (
     "safety_identifier",
     "user",
 )
-
-
-def reject_unexpressible(body: dict[str, Any], provider: str) -> None:
-    """400 for request fields no translating dialect can honour (shared with Anthropic)."""
-    if body.get("prompt") is not None:
-        raise unsupported_parameter(
-            "prompt", f"is not supported with {provider}: stored prompts live at OpenAI."
-        )
-    top_logprobs = body.get("top_logprobs")
-    if isinstance(top_logprobs, int) and top_logprobs > 0:
-        raise unsupported_parameter("top_logprobs", f"is not supported with {provider}.")
-    if body.get("moderation") is not None:
-        raise unsupported_parameter("moderation", f"is not supported with {provider}.")
 
 
 def build_chat_body(call: UpstreamCall) -> dict[str, Any]:

@@ -9,6 +9,7 @@ Role: the parts of the translation that do not depend on the provider:
   configured to drop them.
 - ``namespace_map``: the reverse of that flattening, used by stream translators to emit
   ``function_call`` items with the ``namespace`` + ``name`` the client declared.
+- ``reject_unexpressible``: 400 for request fields no translation can honour.
 - ``check_tool_pairs``: every ``function_call`` must be answered by a ``function_call_output``
   before the next user turn; providers reject such histories with vague errors, we say which
   ``call_id`` is missing.
@@ -92,6 +93,19 @@ def _decl(tool: dict[str, Any], param: str, namespace: str | None) -> FunctionDe
         strict=strict if isinstance(strict, bool) else None,
         namespace=namespace,
     )
+
+
+def reject_unexpressible(body: dict[str, Any], provider: str) -> None:
+    """400 for request fields no translating dialect can honour (every translating dialect)."""
+    if body.get("prompt") is not None:
+        raise unsupported_parameter(
+            "prompt", f"is not supported with {provider}: stored prompts live at OpenAI."
+        )
+    top_logprobs = body.get("top_logprobs")
+    if isinstance(top_logprobs, int) and top_logprobs > 0:
+        raise unsupported_parameter("top_logprobs", f"is not supported with {provider}.")
+    if body.get("moderation") is not None:
+        raise unsupported_parameter("moderation", f"is not supported with {provider}.")
 
 
 def function_tools(tools: Any, *, drop_unsupported: bool) -> list[FunctionDecl]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,7 +158,7 @@ class LocalProvider:
     async def aclose(self) -> None:
         return None
 
-    async def stream(self, call: UpstreamCall, response_id: str, created_at: int) -> AsyncIterator[Event]:
+    async def stream(self, call: UpstreamCall, response_id: str, created_at: int) -> AsyncGenerator[Event, None]:
         builder = ResponseBuilder(response_id, call.body.get("model", call.model), created_at, call.body)
         plan = plan_reply(call)
         for event in builder.start():

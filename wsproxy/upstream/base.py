@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from wsproxy.core.events import Event
@@ -13,7 +13,7 @@ class Provider(Protocol):
     name: str
     kind: str
 
-    def stream(self, call: UpstreamCall, response_id: str, created_at: int) -> AsyncIterator[Event]:
+    def stream(self, call: UpstreamCall, response_id: str, created_at: int) -> AsyncGenerator[Event, None]:
         """Run one response. Raise ``ProxyError`` only before the first event is yielded."""
         ...
 

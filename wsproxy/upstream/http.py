@@ -21,7 +21,7 @@ import asyncio
 import email.utils
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import httpx2
@@ -192,7 +192,7 @@ class HTTPProvider:
             raise UpstreamError(f"Provider '{self.name}' answered with a non-object.")
         return value
 
-    async def stream(self, call: UpstreamCall, response_id: str, created_at: int) -> AsyncIterator[Event]:
+    async def stream(self, call: UpstreamCall, response_id: str, created_at: int) -> AsyncGenerator[Event, None]:
         req = self.dialect.build_request(call)
         response = await self._open(req)
         translator = self.dialect.translator(response_id, call, created_at, random_id)

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs the whole test suite from a clean checkout: makes .venv, installs wsproxy with its test
+# dependencies, installs redis-server (the Redis store's tests run against a real one) when it is
+# missing, then runs pytest. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  fi
+fi
+# The Debian package starts a system-wide server; the tests start their own on a free port.
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,redis,dev]"
+exec .venv/bin/python -m pytest "$@"
