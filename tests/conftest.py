@@ -10,6 +10,7 @@ import pytest
 
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.servers import HypercornThread, UvicornThread
+from tests.redis_server import redis_url  # noqa: F401  (a session fixture: a real redis-server)
 from wsproxy.asgi.app import create_app
 from wsproxy.settings import Settings, load_settings
 

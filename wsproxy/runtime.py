@@ -51,6 +51,8 @@ def dialect_options(settings: ProviderSettings) -> DialectOptions:
     known = {f.name for f in dataclasses.fields(DialectOptions)}
     opts = dict(settings.options)
     extra = {k: opts.pop(k) for k in list(opts) if k not in known}
+    # Dialects read no clock themselves: the wall clock for completed_at is injected here.
+    extra.setdefault("clock", lambda: int(time.time()))
     return DialectOptions(**opts, extra=extra)
 
 

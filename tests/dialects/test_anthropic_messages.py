@@ -615,3 +615,68 @@ def test_model_not_found_names_the_param_and_garbage_bodies_still_map() -> None:
     assert DIALECT.error_from_status(404, err_body("not_found_error", "model: x"), {}).param == "model"
     err = DIALECT.error_from_status(502, b"upstream connect error", {})
     assert err.status == 502 and "upstream connect error" in err.message and err.retryable
+
+
+@pytest.mark.parametrize(
+    ("body", "items", "param", "code"),
+    [
+        (
+            {"tools": [WEATHER_TOOL], "tool_choice": {"type": "function", "name": "nope"}},
+            None,
+            "tool_choice",
+            "invalid_value",
+        ),
+        (
+            {"tools": [WEATHER_TOOL], "tool_choice": {"type": "mcp", "server_label": "x"}},
+            None,
+            "tool_choice",
+            "unsupported_parameter",
+        ),
+        ({"tools": [WEATHER_TOOL], "tool_choice": "sometimes"}, None, "tool_choice", "invalid_value"),
+        ({"tools": [WEATHER_TOOL], "tool_choice": 1}, None, "tool_choice", "invalid_type"),
+        ({"tool_choice": "required"}, None, "tool_choice", "invalid_value"),
+        (
+            {"text": {"format": {"type": "json_schema", "name": "x"}}},
+            None,
+            "text.format.schema",
+            "missing_required_parameter",
+        ),
+        ({"text": {"format": "json"}}, None, "text.format", "invalid_type"),
+        ({}, [user("q"), {"type": "item_reference", "id": "msg_1"}], "input[1]", "unsupported_parameter"),
+        (
+            {},
+            [user([{"type": "input_image", "image_url": "ftp://x/a.png"}])],
+            "input[0].content[0].image_url",
+            "invalid_value",
+        ),
+        (
+            {},
+            [user([{"type": "input_image"}])],
+            "input[0].content[0].image_url",
+            "missing_required_parameter",
+        ),
+        ({}, [user([{"type": "input_file"}])], "input[0].content[0]", "missing_required_parameter"),
+        (
+            {},
+            [user([{"type": "input_file", "file_data": "data:text/plain;base64,@@@"}])],
+            "input[0].content[0].file_data",
+            "invalid_value",
+        ),
+        (
+            {},
+            [user("q"), {"role": "assistant", "content": [{"type": "input_image", "image_url": "u"}]}],
+            "input[1].content[0]",
+            "unsupported_parameter",
+        ),
+        ({}, [user("q"), fc("c1"), fco("c1", {"text": "x"})], "input[2].output", "invalid_type"),
+        (
+            {},
+            [user("q"), fc("c1"), fco("c1", [{"type": "input_file", "file_data": "x"}])],
+            "input[2].output[0]",
+            "unsupported_parameter",
+        ),
+    ],
+)
+def test_malformed_requests_name_the_param(body: dict[str, Any], items: Any, param: str, code: str) -> None:
+    err = rejected({"input": "hi", **body}, items)
+    assert (err.param, err.code) == (param, code)

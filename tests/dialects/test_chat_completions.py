@@ -761,3 +761,92 @@ def test_non_json_and_list_wrapped_error_bodies() -> None:
     assert err.status == 502 and "Bad gateway" in err.message and err.retryable
     err = DIALECT.error_from_status(400, orjson.dumps([{"error": {"message": "bad model", "code": 400}}]), {})
     assert err.message == "bad model" and err.code == "400"
+
+
+# -- every other 400 of the request mapping -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "items", "param", "code"),
+    [
+        ({"tools": {"type": "function"}}, None, "tools", "invalid_type"),
+        ({"tools": ["get_weather"]}, None, "tools[0]", "invalid_type"),
+        ({"tools": [{"type": "function"}]}, None, "tools[0].name", "missing_required_parameter"),
+        (
+            {"tools": [{"type": "function", "name": "f", "parameters": "x"}]},
+            None,
+            "tools[0].parameters",
+            "invalid_type",
+        ),
+        (
+            {"tools": [{"type": "namespace", "tools": []}]},
+            None,
+            "tools[0].name",
+            "missing_required_parameter",
+        ),
+        (
+            {"tools": [{"type": "namespace", "name": "ns", "tools": {}}]},
+            None,
+            "tools[0].tools",
+            "invalid_type",
+        ),
+        (
+            {"tools": [{"type": "namespace", "name": "ns", "tools": [1]}]},
+            None,
+            "tools[0].tools[0]",
+            "invalid_type",
+        ),
+        (
+            {"tools": [{"type": "namespace", "name": "ns", "tools": [{"type": "custom", "name": "c"}]}]},
+            None,
+            "tools",
+            "unsupported_parameter",
+        ),
+        ({"tools": [WEATHER_TOOL], "tool_choice": 3}, None, "tool_choice", "invalid_type"),
+        (
+            {"tools": [WEATHER_TOOL], "tool_choice": {"type": "allowed_tools", "mode": "maybe", "tools": []}},
+            None,
+            "tool_choice.mode",
+            "invalid_value",
+        ),
+        (
+            {
+                "tools": [WEATHER_TOOL],
+                "tool_choice": {"type": "allowed_tools", "tools": [{"type": "function", "name": "nope"}]},
+            },
+            None,
+            "tool_choice",
+            "invalid_value",
+        ),
+        ({"text": {"format": "json"}}, None, "text.format", "invalid_type"),
+        (
+            {},
+            [user([{"type": "input_audio", "input_audio": {}}])],
+            "input[0].content[0]",
+            "unsupported_parameter",
+        ),
+        (
+            {},
+            [user([{"type": "input_image"}])],
+            "input[0].content[0].image_url",
+            "missing_required_parameter",
+        ),
+        ({}, [user([{"type": "input_file"}])], "input[0].content[0]", "missing_required_parameter"),
+        (
+            {},
+            [user("q"), {"role": "assistant", "content": [{"type": "input_image", "image_url": "u"}]}],
+            "input[1].content[0]",
+            "unsupported_parameter",
+        ),
+        ({}, [user("q"), fc("c1"), fco("c1", {"text": "x"})], "input[2].output", "invalid_type"),
+        (
+            {},
+            [user("q"), fc("c1"), fco("c1", [{"type": "input_file", "file_data": "x"}])],
+            "input[2].output[0]",
+            "unsupported_parameter",
+        ),
+    ],
+)
+def test_malformed_requests_name_the_param(body: dict[str, Any], items: Any, param: str, code: str) -> None:
+    err = rejected({"input": "hi", **body}, items)
+    assert (err.param, err.code) == (param, code)

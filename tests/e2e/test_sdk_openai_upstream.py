@@ -48,8 +48,12 @@ def test_passthrough_websocket_continuation_store_false(proxy, fake_openai) -> N
         body: dict[str, Any] = fake.requests[n]["body"]
         # store=false upstream cannot hold the chain: the proxy expanded it.
         assert "previous_response_id" not in body
-        texts = [i.get("content") for i in body["input"] if i.get("type", "message") == "message"]
-        assert texts[0] == "turn one" and texts[-1] == "turn two"
+        def text(item: dict[str, Any]) -> str:
+            content = item.get("content")
+            return content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
+
+        texts = [text(i) for i in body["input"] if i.get("type", "message") == "message"]
+        assert texts == ["turn one", "Echo: turn one", "turn two"]
         assert len(body["input"]) == 3
 
 

@@ -10,9 +10,18 @@ The behaviour is chosen by the request's ``model``:
     stall-after-<n>   n events, then silence until the client goes away
     garbage-after-<n> n events, then a data line that is not JSON
     slow-<ms>         like ``fake`` with <ms> milliseconds between deltas
+    fail-<status>-ra<s>  like ``fail-<status>`` with ``retry-after: <s>``
+    think-<ms>        created + in_progress, then <ms> of silence ("thinking"), then the answer
+    hang-headers      no response headers at all until the client goes away
+    flood-<n>-<size>  n text deltas of <size> bytes each (a long answer, for backpressure)
+    order-delta-first a text delta before response.created (an impossible order)
+    order-double-created  created, in_progress, then response.created again
+    badutf8-after-<n> n events, then a delta whose data is not valid UTF-8
+    script-<tag>      each request plays the next model of ``fake.scripts[tag]`` (the last repeats)
 
-Every request is recorded (body, headers, HTTP version) and every client disconnect seen
-mid-stream is counted, so tests can assert what the upstream saw.
+Every request is recorded (body, headers, HTTP version, events sent, whether the client went
+away, arrival time) and every client disconnect seen mid-stream is counted, so tests can assert
+what the upstream saw.
 """
 
 from __future__ import annotations
@@ -53,6 +62,19 @@ class FakeOpenAI:
         self.lock = threading.Lock()
         self.known_ids: set[str] = set()
         self.completed = threading.Event()
+        # script-<tag>: the models to play, one per request, in order.
+        self.scripts: dict[str, list[str]] = {}
+
+    def script(self, tag: str, models: list[str]) -> str:
+        """Arrange the behaviour of the next requests for ``script-<tag>``; returns that model."""
+        with self.lock:
+            self.scripts[tag] = list(models)
+        return f"script-{tag}"
+
+    def find(self, marker: str) -> list[dict[str, Any]]:
+        """The records of the requests whose input mentions ``marker``, in arrival order."""
+        with self.lock:
+            return [r for r in self.requests if marker in orjson.dumps(r["body"].get("input")).decode()]
 
     # -- the stream ---------------------------------------------------------------------------
 
@@ -142,9 +164,15 @@ class FakeOpenAI:
             return
         data = orjson.loads(body)
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
-        with self.lock:
-            self.requests.append({"body": data, "headers": headers, "http_version": scope["http_version"]})
+        record: dict[str, Any] = {"body": data, "headers": headers, "http_version": scope["http_version"],
+                                  "sent": 0, "disconnected": False, "finished": False, "time": time.monotonic()}
         model = str(data.get("model", "fake"))
+        with self.lock:
+            self.requests.append(record)
+            if model.startswith("script-"):
+                queue = self.scripts.get(model[len("script-"):]) or ["fake"]
+                model = queue.pop(0) if len(queue) > 1 else queue[0]
+            record["played"] = model
         prev = data.get("previous_response_id")
         if prev and prev not in self.known_ids:
             await self._json(send, 400, {"error": {"message": f"Previous response with id '{prev}' not found.",
@@ -153,29 +181,40 @@ class FakeOpenAI:
                                                    "code": "previous_response_not_found"}})
             return
         if model.startswith("fail-"):
-            status = int(model.split("-")[1])
+            parts = model.split("-")
+            status = int(parts[1])
             extra = [(b"retry-after", b"0")] if status == 429 else []
+            if len(parts) > 2 and parts[2].startswith("ra"):
+                extra = [(b"retry-after", parts[2][2:].encode())]
             await self._json(send, status, {"error": {"message": f"fake failure {status}",
                                                       "type": "server_error" if status >= 500 else
                                                       "invalid_request_error", "param": None,
                                                       "code": "rate_limit_exceeded" if status == 429 else None}},
                              extra)
             return
-        await self._stream(send, receive, model, data)
+        await self._stream(send, receive, model, data, record)
 
-    async def _stream(self, send: Any, receive: Any, model: str, data: dict[str, Any]) -> None:
+    def _shaped(self, model: str, data: dict[str, Any]) -> list[dict[str, Any]]:
+        """The events of the answer, reshaped for the flood/order behaviours."""
         events = self.events(data)
-        delay = 0.0
-        cut: int | None = None
-        mode = "ok"
-        if model.startswith("slow-"):
-            delay = int(model.split("-")[1]) / 1000
-        for prefix in ("die-after-", "stall-after-", "garbage-after-"):
-            if model.startswith(prefix):
-                mode = prefix.split("-")[0]
-                cut = int(model[len(prefix):])
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream")]})
+        if model.startswith("flood-"):
+            _, n, size = model.split("-")
+            delta = next(e for e in events if e["type"] == "response.output_text.delta")
+            at = events.index(delta)
+            pad = "x" * int(size)
+            events[at:at + 1] = [{**delta, "delta": pad} for _ in range(int(n))]
+        elif model == "order-delta-first":
+            delta = next(e for e in events if e["type"] == "response.output_text.delta")
+            events.insert(0, dict(delta))
+        elif model == "order-double-created":
+            events.insert(2, dict(events[0]))
+        for i, event in enumerate(events):
+            event["sequence_number"] = i
+        return events
+
+    async def _stream(
+        self, send: Any, receive: Any, model: str, data: dict[str, Any], record: dict[str, Any]
+    ) -> None:
         gone = asyncio.Event()
 
         async def watch() -> None:
@@ -187,28 +226,59 @@ class FakeOpenAI:
 
         watcher = asyncio.get_running_loop().create_task(watch())
         try:
-            for i, event in enumerate(events):
-                if cut is not None and i == cut:
-                    if mode == "die":
-                        raise ConnectionResetError("fake upstream dies")
-                    if mode == "garbage":
-                        await send({"type": "http.response.body", "body": b"data: {not json\n\n", "more_body": True})
-                        await gone.wait()
-                        return
-                    await gone.wait()  # stall until the proxy hangs up
-                    return
-                await send({"type": "http.response.body", "body": _sse(event), "more_body": True})
-                if delay and event["type"].endswith(".delta"):
-                    await asyncio.sleep(delay)
-                if gone.is_set():
-                    return
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            self.completed.set()
+            if model == "hang-headers":
+                await gone.wait()
+                return
+            await self._play(send, model, data, record, gone)
         finally:
             if gone.is_set():
+                record["disconnected"] = True
                 with self.lock:
                     self.disconnects += 1
             watcher.cancel()
+
+    async def _play(
+        self, send: Any, model: str, data: dict[str, Any], record: dict[str, Any], gone: asyncio.Event
+    ) -> None:
+        events = self._shaped(model, data)
+        delay = 0.0
+        think = 0.0
+        cut: int | None = None
+        mode = "ok"
+        if model.startswith("slow-"):
+            delay = int(model.split("-")[1]) / 1000
+        if model.startswith("think-"):
+            think = int(model.split("-")[1]) / 1000
+        for prefix in ("die-after-", "stall-after-", "garbage-after-", "badutf8-after-"):
+            if model.startswith(prefix):
+                mode = prefix.split("-")[0]
+                cut = int(model[len(prefix):])
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        for i, event in enumerate(events):
+            if cut is not None and i == cut:
+                if mode == "die":
+                    raise ConnectionResetError("fake upstream dies")
+                if mode == "garbage":
+                    await send({"type": "http.response.body", "body": b"data: {not json\n\n", "more_body": True})
+                elif mode == "badutf8":
+                    bad = (b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+                           b'"sequence_number":' + str(i).encode() + b',"item_id":"x","output_index":0,'
+                           b'"content_index":0,"delta":"\xff\xfe","logprobs":[]}\n\n')
+                    await send({"type": "http.response.body", "body": bad, "more_body": True})
+                await gone.wait()  # stall until the proxy hangs up
+                return
+            await send({"type": "http.response.body", "body": _sse(event), "more_body": True})
+            record["sent"] += 1
+            if think and event["type"] == "response.in_progress":
+                await asyncio.sleep(think)
+            if delay and event["type"].endswith(".delta"):
+                await asyncio.sleep(delay)
+            if gone.is_set():
+                return
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        record["finished"] = True
+        self.completed.set()
 
     async def _json(self, send: Any, status: int, payload: Any, extra: list[Any] | None = None) -> None:
         await send({"type": "http.response.start", "status": status,

@@ -60,6 +60,8 @@ class SSEDecoder:
                 nxt = lf + 1
             else:
                 break
+            if end - start > self._max_line:
+                raise SSEError(f"SSE line longer than {self._max_line} bytes")
             self._line(bytes(buf[start:end]), out)
             start = nxt
         del buf[:start]

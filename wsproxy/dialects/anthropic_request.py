@@ -36,7 +36,8 @@ Extended thinking: the budget must be >= 1024 and < ``max_tokens``. Without ``ma
 ``max_tokens`` = default + budget (Responses counts reasoning inside the cap, so the answer keeps
 the default room); with it, the budget is capped at half of it and ``max_output_tokens`` <= 1024 is
 a 400. With thinking on, a temperature other than 1 and a forced tool (``required``/function) are
-400s (Anthropic refuses them).
+400s (Anthropic refuses them). A high effort without ``max_output_tokens`` can exceed a model's
+output cap (e.g. 32k); the provider's 400 then names the limit.
 
 Dropped, with the reason: everything the Chat dialect drops (see ``chat_request``), plus
 ``seed``, ``presence_penalty``, ``frequency_penalty`` (no Anthropic equivalent; sampling hints),

@@ -131,7 +131,7 @@ def function_tools(tools: Any, *, drop_unsupported: bool) -> list[FunctionDecl]:
                     f"Missing required parameter: '{param}.name'.",
                     "missing_required_parameter",
                 )
-            members = tool.get("tools") or []
+            members = tool.get("tools", [])
             if not isinstance(members, list):
                 raise invalid_param(f"{param}.tools", "Invalid type: expected an array.", "invalid_type")
             for j, member in enumerate(members):
