@@ -8,8 +8,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from openai import OpenAI
-
+from tests.e2e.sdk import client
 from tests.e2e.test_sdk_websocket import until_terminal
 from tests.fakes.servers import UvicornThread
 from wsproxy.asgi.app import create_app
@@ -34,7 +33,7 @@ def replicas(tmp_path: Path, redis_url: str) -> Iterator[tuple[UvicornThread, Uv
 
 
 def test_state_is_shared_between_replicas(replicas) -> None:
-    a, b = (OpenAI(base_url=r.url + "/v1", api_key="sk-a", max_retries=0) for r in replicas)
+    a, b = (client(r, "sk-a") for r in replicas)
     first = a.responses.create(model="local", input="stored on replica A")
     assert b.responses.retrieve(first.id).output_text == first.output_text
     second = b.responses.create(model="local", input="continued on B", previous_response_id=first.id)

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import openai
 import pytest
-from openai import OpenAI
 
-
-def client(proxy, key: str = "sk-test") -> OpenAI:
-    return OpenAI(base_url=proxy.url + "/v1", api_key=key, max_retries=0)
+from tests.e2e.sdk import client
 
 
 def test_create_json(proxy) -> None:

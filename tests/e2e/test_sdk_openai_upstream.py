@@ -5,13 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from openai import OpenAI
 
+from tests.e2e.sdk import client
 from tests.e2e.test_sdk_websocket import until_terminal
-
-
-def client(proxy) -> OpenAI:
-    return OpenAI(base_url=proxy.url + "/v1", api_key="sk-test", max_retries=0)
 
 
 @pytest.mark.parametrize("provider,version", [("up2", "2"), ("up1", "1.1")])

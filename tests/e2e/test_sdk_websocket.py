@@ -5,11 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from openai import OpenAI
 
-
-def client(proxy, key: str = "sk-test") -> OpenAI:
-    return OpenAI(base_url=proxy.url + "/v1", api_key=key, max_retries=0)
+from tests.e2e.sdk import client
 
 
 def until_terminal(conn: Any, stream_id: str | None = None, limit: int = 2000) -> list[Any]:

@@ -11,14 +11,10 @@ import httpx2
 import openai
 import orjson
 import pytest
-from openai import OpenAI
 
+from tests.e2e.sdk import client
 from tests.e2e.test_sdk_websocket import until_terminal
 from tests.fakes.servers import HypercornThread
-
-
-def client(proxy, key: str = "sk-test") -> OpenAI:
-    return OpenAI(base_url=proxy.url + "/v1", api_key=key, max_retries=0)
 
 
 @pytest.mark.parametrize("model", ["local", "up2@fake"])

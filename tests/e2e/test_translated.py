@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from openai import OpenAI
 
+from tests.e2e.sdk import client
 from tests.e2e.test_sdk_websocket import until_terminal
 from tests.fakes.servers import HypercornThread, UvicornThread
 from tests.fakes.translated_upstreams import FakeAnthropic, FakeChat
@@ -53,8 +53,6 @@ def proxy(tmp_path: Path, upstreams: dict[str, Any]) -> Iterator[UvicornThread]:
         server.stop()
 
 
-def client(proxy: UvicornThread) -> OpenAI:
-    return OpenAI(base_url=proxy.url + "/v1", api_key="sk", max_retries=0)
 
 
 @pytest.mark.parametrize("model", ["cc@m", "cc2@m", "claude@claude-x"])

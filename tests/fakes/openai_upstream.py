@@ -60,6 +60,8 @@ class FakeOpenAI:
         self.requests: list[dict[str, Any]] = []
         self.disconnects = 0
         self.lock = threading.Lock()
+        # Notified whenever a request record changes (see ``wait``).
+        self.changed = threading.Condition(self.lock)
         self.known_ids: set[str] = set()
         self.completed = threading.Event()
         # script-<tag>: the models to play, one per request, in order.
@@ -70,6 +72,16 @@ class FakeOpenAI:
         with self.lock:
             self.scripts[tag] = list(models)
         return f"script-{tag}"
+
+    def wait(self, predicate: Any, timeout: float = 5.0) -> bool:
+        """Block until ``predicate()`` is true (checked on every record change), bounded."""
+        with self.changed:
+            return self.changed.wait_for(predicate, timeout)
+
+    def _touch(self, record: dict[str, Any], **changes: Any) -> None:
+        with self.changed:
+            record.update(changes)
+            self.changed.notify_all()
 
     def find(self, marker: str) -> list[dict[str, Any]]:
         """The records of the requests whose input mentions ``marker``, in arrival order."""
@@ -167,8 +179,9 @@ class FakeOpenAI:
         record: dict[str, Any] = {"body": data, "headers": headers, "http_version": scope["http_version"],
                                   "sent": 0, "disconnected": False, "finished": False, "time": time.monotonic()}
         model = str(data.get("model", "fake"))
-        with self.lock:
+        with self.changed:
             self.requests.append(record)
+            self.changed.notify_all()
             if model.startswith("script-"):
                 queue = self.scripts.get(model[len("script-"):]) or ["fake"]
                 model = queue.pop(0) if len(queue) > 1 else queue[0]
@@ -232,9 +245,9 @@ class FakeOpenAI:
             await self._play(send, model, data, record, gone)
         finally:
             if gone.is_set():
-                record["disconnected"] = True
                 with self.lock:
                     self.disconnects += 1
+                self._touch(record, disconnected=True)
             watcher.cancel()
 
     async def _play(
@@ -269,7 +282,7 @@ class FakeOpenAI:
                 await gone.wait()  # stall until the proxy hangs up
                 return
             await send({"type": "http.response.body", "body": _sse(event), "more_body": True})
-            record["sent"] += 1
+            self._touch(record, sent=record["sent"] + 1)
             if think and event["type"] == "response.in_progress":
                 await asyncio.sleep(think)
             if delay and event["type"].endswith(".delta"):
@@ -277,7 +290,7 @@ class FakeOpenAI:
             if gone.is_set():
                 return
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-        record["finished"] = True
+        self._touch(record, finished=True)
         self.completed.set()
 
     async def _json(self, send: Any, status: int, payload: Any, extra: list[Any] | None = None) -> None:
