@@ -134,9 +134,7 @@ def test_valid_stream_ids(sid: str) -> None:
     assert "stream_id" not in req.body and "type" not in req.body
 
 
-@pytest.mark.parametrize(
-    "sid", ["", "x" * 257, "a b", "a/b", "é", "lane:1", "\nmain", 5, ["main"]]
-)
+@pytest.mark.parametrize("sid", ["", "x" * 257, "a b", "a/b", "é", "lane:1", "\nmain", 5, ["main"]])
 def test_invalid_stream_ids(sid: Any) -> None:
     err = rejects({"model": "m", "stream_id": sid}, websocket=True)
     assert (err.code, err.param) == ("invalid_stream_id", "stream_id")

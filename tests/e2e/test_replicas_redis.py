@@ -8,6 +8,7 @@ from pathlib import Path
 
 import openai
 import pytest
+
 from tests.e2e.sdk import client
 from tests.e2e.test_sdk_websocket import until_terminal
 from tests.fakes.servers import UvicornThread
