@@ -232,7 +232,7 @@ class SessionMachine(RuleBasedStateMachine):
 
     @initialize()
     def setup(self) -> None:
-        self.rules = SessionRules(max_inflight=MAX_INFLIGHT, max_lanes=MAX_LANES, max_queued=10_000)
+        self.session = SessionRules(max_inflight=MAX_INFLIGHT, max_lanes=MAX_LANES, max_queued=10_000)
         self.n = 0
         self.named: set[str] = set()
         self.waiting: dict[str | None, deque[CreateRequest]] = {lane: deque() for lane in LANES}
@@ -240,11 +240,19 @@ class SessionMachine(RuleBasedStateMachine):
         self.latest: dict[str | None, str | None] = dict.fromkeys(LANES)
         self.known: list[str] = []
 
-    @rule(lane=st.sampled_from(LANES), prev=st.none() | st.integers(0, 50))
-    def submit(self, lane: str | None, prev: int | None) -> None:
-        prev_id = self.known[prev % len(self.known)] if prev is not None and self.known else None
+    @rule(
+        lane=st.sampled_from(LANES),
+        prev=st.sampled_from(["none", "same-lane", "other"]),
+        which=st.integers(0, 50),
+    )
+    def submit(self, lane: str | None, prev: str, which: int) -> None:
+        prev_id: str | None = None
+        if prev == "same-lane":
+            prev_id = self.latest[lane]  # continue this lane's chain
+        elif prev == "other" and self.known:
+            prev_id = self.known[which % len(self.known)]  # a fork, or a stale id
         request = req(lane, prev_id)
-        err = self.rules.submit(request)
+        err = self.session.submit(request)
         if lane is not None and lane not in self.named and len(self.named) >= MAX_LANES:
             assert err is not None and err.code == "websocket_stream_limit_reached"
             return
@@ -255,7 +263,7 @@ class SessionMachine(RuleBasedStateMachine):
 
     @rule()
     def start(self) -> None:
-        for lane, request in self.rules.next_ready():
+        for lane, request in self.session.next_ready():
             assert lane not in self.running, "two responses running on one lane"
             expected = self.waiting[lane].popleft()
             assert request is expected, "lane order is not FIFO"
@@ -272,7 +280,7 @@ class SessionMachine(RuleBasedStateMachine):
         request = self.running.pop(lane)
         self.n += 1
         rec = record(f"resp_{self.n}") if ok or with_record else None
-        self.rules.finished(lane, request, rec, ok)
+        self.session.finished(lane, request, rec, ok)
         if ok:
             assert rec is not None
             self.latest[lane] = rec.id
@@ -285,14 +293,14 @@ class SessionMachine(RuleBasedStateMachine):
         if not self.known:
             return
         response_id = self.known[which % len(self.known)]
-        found = self.rules.lookup(response_id, lane)
+        found = self.session.lookup(response_id, lane)
         cached = response_id in self.latest.values()
         assert (found is not None) == cached
         assert found is None or found.id == response_id
 
     @invariant()
     def counters(self) -> None:
-        rules = self.rules
+        rules = self.session
         assert rules.inflight == len(self.running) <= MAX_INFLIGHT
         assert rules.queued == sum(len(q) for q in self.waiting.values())
         assert rules.idle == (not self.running and rules.queued == 0)

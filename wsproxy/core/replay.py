@@ -68,6 +68,25 @@ def replay_events(response: dict[str, Any]) -> list[Event]:
                 arguments=args,
                 name=item.get("name"),
             )
+        elif kind == "reasoning":
+            opened = {**item, "summary": []}
+            if "content" in item:
+                opened["content"] = []
+            emit("response.output_item.added", output_index=index, item=opened)
+            for si, part in enumerate(item.get("summary") or []):
+                common = {"item_id": item_id, "output_index": index, "summary_index": si}
+                text = part.get("text", "")
+                emit("response.reasoning_summary_part.added", **common, part={"type": "summary_text", "text": ""})
+                emit("response.reasoning_summary_text.delta", **common, delta=text)
+                emit("response.reasoning_summary_text.done", **common, text=text)
+                emit("response.reasoning_summary_part.done", **common, part=part)
+            for ci, part in enumerate(item.get("content") or []):
+                common = {"item_id": item_id, "output_index": index, "content_index": ci}
+                text = part.get("text", "")
+                emit("response.content_part.added", **common, part={"type": "reasoning_text", "text": ""})
+                emit("response.reasoning_text.delta", **common, delta=text)
+                emit("response.reasoning_text.done", **common, text=text)
+                emit("response.content_part.done", **common, part=part)
         else:
             emit("response.output_item.added", output_index=index, item=item)
         emit("response.output_item.done", output_index=index, item=item)

@@ -32,7 +32,7 @@ BODY_FIELDS = frozenset(
 HTTP_ONLY = frozenset({"stream", "background"})
 WS_ONLY = frozenset({"type", "stream_id", "generate"})
 
-STREAM_ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,256}$")
+STREAM_ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,256}")
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "model": (str,),
@@ -176,7 +176,7 @@ def parse_create(obj: dict[str, Any], *, websocket: bool) -> CreateRequest:
     items = normalize_input(obj.get("input"))
     stream_id = obj.get("stream_id") if websocket else None
     if websocket and "stream_id" in obj:
-        if not isinstance(stream_id, str) or not STREAM_ID_RE.match(stream_id):
+        if not isinstance(stream_id, str) or not STREAM_ID_RE.fullmatch(stream_id):
             raise InvalidRequest(
                 "Invalid 'stream_id': expected 1 to 256 characters of letters, digits, '_', '.' or '-'.",
                 param="stream_id",

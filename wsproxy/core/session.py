@@ -54,6 +54,12 @@ class SessionRules:
 
     def submit(self, request: CreateRequest) -> InvalidRequest | None:
         lane_id = request.stream_id
+        if self.queued >= self.max_queued:
+            # Checked first: a refused request must not use up a lane.
+            return InvalidRequest(
+                f"Too many queued responses on this connection (at most {self.max_queued}).",
+                code="too_many_queued_responses",
+            )
         lane = self.lanes.get(lane_id)
         if lane is None:
             named = len(self.lanes) - 1
@@ -64,11 +70,6 @@ class SessionRules:
                     code="websocket_stream_limit_reached",
                 )
             lane = self.lanes[lane_id] = Lane()
-        if self.queued >= self.max_queued:
-            return InvalidRequest(
-                f"Too many queued responses on this connection (at most {self.max_queued}).",
-                code="too_many_queued_responses",
-            )
         lane.queue.append(request)
         self.queued += 1
         if not lane.running:

@@ -1,10 +1,12 @@
 """Token-bucket rate limits per principal, with an injected clock (pure, testable).
 
-The table of buckets is bounded: idle buckets (full again) are dropped first when it overflows.
+The table of buckets is bounded: when it overflows, buckets that have refilled completely are
+dropped first (forgetting them changes nothing); only if none has, the least recently used goes.
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 from wsproxy.errors import RateLimited
@@ -32,9 +34,16 @@ class RateLimiter:
             self._buckets[principal] = (tokens, now)
             raise RateLimited(
                 f"Rate limit reached: {int(self.burst)} requests per minute. Try again in {wait:.1f}s.",
-                headers={"retry-after": str(max(1, round(wait)))},
+                headers={"retry-after": str(max(1, math.ceil(wait)))},
             )
         self._buckets[principal] = (tokens - 1.0, now)
         self._buckets.move_to_end(principal)
+        if len(self._buckets) > self.max_principals:
+            self._evict(now)
+
+    def _evict(self, now: float) -> None:
+        full = [p for p, (t, last) in self._buckets.items() if t + (now - last) * self.rate >= self.burst]
+        for p in full[: len(self._buckets) - self.max_principals]:
+            del self._buckets[p]
         while len(self._buckets) > self.max_principals:
             self._buckets.popitem(last=False)
