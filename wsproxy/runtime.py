@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from wsproxy.background import BackgroundRegistry
 from wsproxy.dialects.base import Dialect, DialectOptions
 from wsproxy.engine import Engine
 from wsproxy.local.model import LocalProvider
@@ -79,6 +80,7 @@ class Runtime:
     # Open streams (SSE, JSON, WebSocket responses) for the shutdown drain.
     active_responses: int = 0
     drained: asyncio.Event = field(default_factory=asyncio.Event)
+    background: BackgroundRegistry = field(default_factory=BackgroundRegistry)
     # Non-streaming requests with an Idempotency-Key that are running now, by scoped key.
     idempotent_inflight: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
 

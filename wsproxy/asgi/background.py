@@ -17,16 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from wsproxy.asgi.http import SSEResponse, authenticate
 from wsproxy.asgi.render import json_response
+from wsproxy.background import BackgroundRun
 from wsproxy.core.events import Event
 from wsproxy.core.replay import replay_events
 from wsproxy.engine import ResponseRun
@@ -35,78 +33,6 @@ from wsproxy.runtime import Runtime
 from wsproxy.store.base import StoredResponse
 
 log = logging.getLogger("wsproxy.background")
-
-RETENTION = 600.0
-MAX_FINISHED = 1000
-MAX_EVENTS = 200_000
-
-
-@dataclass(eq=False)
-class BackgroundRun:
-    run: ResponseRun
-    response_id: str = ""
-    snapshot: dict[str, Any] = field(default_factory=dict)
-    log: list[Event] = field(default_factory=list)
-    task: asyncio.Task[None] | None = None
-    done: bool = False
-    finished_at: float = 0.0
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def append(self, event: Event) -> None:
-        if len(self.log) < MAX_EVENTS:
-            self.log.append(event)
-        self.changed.set()
-
-    async def follow(self, starting_after: int) -> AsyncIterator[Event]:
-        """Events with ``seq > starting_after``, then live ones until the terminal event."""
-        index = 0
-        while True:
-            while index < len(self.log):
-                event = self.log[index]
-                index += 1
-                if event.seq > starting_after:
-                    yield event
-            if self.done:
-                return
-            self.changed.clear()
-            await self.changed.wait()
-
-
-class BackgroundRegistry:
-    def __init__(self) -> None:
-        self.runs: dict[str, BackgroundRun] = {}
-        self.finished: OrderedDict[str, float] = OrderedDict()
-
-    def get(self, response_id: str, principal: str | None) -> BackgroundRun | None:
-        self._expire(time.monotonic())
-        entry = self.runs.get(response_id)
-        if entry is None or entry.run.principal != principal:
-            return None
-        return entry
-
-    def mark_finished(self, entry: BackgroundRun) -> None:
-        entry.done = True
-        entry.finished_at = time.monotonic()
-        entry.changed.set()
-        self.finished[entry.response_id] = entry.finished_at
-        self._expire(entry.finished_at)
-
-    def _expire(self, now: float) -> None:
-        while self.finished:
-            rid, at = next(iter(self.finished.items()))
-            if now - at < RETENTION and len(self.finished) <= MAX_FINISHED:
-                break
-            self.finished.popitem(last=False)
-            self.runs.pop(rid, None)
-
-
-def registry_of(runtime: Runtime) -> BackgroundRegistry:
-    reg = getattr(runtime, "_background", None)
-    if reg is None:
-        reg = BackgroundRegistry()
-        runtime._background = reg  # type: ignore[attr-defined]
-    return reg
-
 
 async def start_background(runtime: Runtime, run: ResponseRun, stream: bool) -> Response:
     """Start ``run`` detached from the client; answer once the response exists."""
@@ -125,7 +51,7 @@ async def start_background(runtime: Runtime, run: ResponseRun, stream: bool) -> 
                 if not first_seen.done():
                     entry.snapshot = event.json().get("response") or {}
                     entry.response_id = str(entry.snapshot.get("id") or run.response_id)
-                    registry_of(runtime).runs[entry.response_id] = entry
+                    runtime.background.runs[entry.response_id] = entry
                     first_seen.set_result(None)
                 entry.append(event)
         except ProxyError as exc:
@@ -137,7 +63,7 @@ async def start_background(runtime: Runtime, run: ResponseRun, stream: bool) -> 
         finally:
             if not first_seen.done():
                 first_seen.set_exception(ProxyError("The response ended before it started."))
-            registry_of(runtime).mark_finished(entry)
+            runtime.background.mark_finished(entry)
             runtime.response_ended()
 
     entry.task = runtime.spawn(drive(), f"background-{run.response_id}")
@@ -166,7 +92,7 @@ async def _store_cancelled(runtime: Runtime, entry: BackgroundRun) -> None:
 async def cancel_background(request: Request, runtime: Runtime) -> Response:
     principal = authenticate(runtime, request)
     response_id = request.path_params["response_id"]
-    entry = registry_of(runtime).get(response_id, principal)
+    entry = runtime.background.get(response_id, principal)
     if entry is None:
         record = await runtime.engine.lookup(response_id, principal)
         if record is None:
@@ -205,4 +131,4 @@ async def replay_response(request: Request, runtime: Runtime, record: StoredResp
 
 
 def live_entry(runtime: Runtime, response_id: str, principal: str | None) -> BackgroundRun | None:
-    return registry_of(runtime).get(response_id, principal)
+    return runtime.background.get(response_id, principal)
