@@ -479,11 +479,12 @@ class ResponseBuilder:
         if self._open is not None and self._open.item["type"] == "reasoning":
             self._open.item["encrypted_content"] = encrypted
 
-    def function_call(self, call_id: str, name: str) -> list[Event]:
-        """Open a function_call item; arguments follow through :meth:`arguments_delta`."""
+    def function_call(self, call_id: str, name: str, namespace: str | None = None) -> list[Event]:
+        """Open a function_call item; arguments follow through :meth:`arguments_delta`.
+        ``namespace`` is set for a member of a namespace tool (Codex dispatches on both)."""
         if self.finished:
             return []
-        item = {
+        item: dict[str, Any] = {
             "id": self.ids("fc"),
             "type": "function_call",
             "status": "in_progress",
@@ -491,6 +492,8 @@ class ResponseBuilder:
             "name": name,
             "arguments": "",
         }
+        if namespace is not None:
+            item["namespace"] = namespace
         return self._open_item(item)
 
     def arguments_delta(self, delta: str) -> list[Event]:

@@ -76,7 +76,11 @@ def replay_events(response: dict[str, Any]) -> list[Event]:
             for si, part in enumerate(item.get("summary") or []):
                 common = {"item_id": item_id, "output_index": index, "summary_index": si}
                 text = part.get("text", "")
-                emit("response.reasoning_summary_part.added", **common, part={"type": "summary_text", "text": ""})
+                emit(
+                    "response.reasoning_summary_part.added",
+                    **common,
+                    part={"type": "summary_text", "text": ""},
+                )
                 emit("response.reasoning_summary_text.delta", **common, delta=text)
                 emit("response.reasoning_summary_text.done", **common, text=text)
                 emit("response.reasoning_summary_part.done", **common, part=part)

@@ -105,10 +105,14 @@ def normalize_input(value: Any) -> list[dict[str, Any]]:
     if isinstance(value, str):
         return [{"type": "message", "role": "user", "content": value}]
     if not isinstance(value, list):
-        raise invalid_param("input", "Invalid type for 'input': expected a string or an array.", "invalid_type")
+        raise invalid_param(
+            "input", "Invalid type for 'input': expected a string or an array.", "invalid_type"
+        )
     for i, item in enumerate(value):
         if not isinstance(item, dict):
-            raise invalid_param(f"input[{i}]", f"Invalid type for 'input[{i}]': expected an object.", "invalid_type")
+            raise invalid_param(
+                f"input[{i}]", f"Invalid type for 'input[{i}]': expected an object.", "invalid_type"
+            )
         kind = item.get("type", "message")
         if not isinstance(kind, str):
             raise invalid_param(f"input[{i}].type", "Invalid type for item 'type'.", "invalid_type")
@@ -124,10 +128,18 @@ def normalize_input(value: Any) -> list[dict[str, Any]]:
                 )
         elif kind == "function_call_output":
             if not isinstance(item.get("call_id"), str):
-                raise invalid_param(f"input[{i}].call_id", "Missing required parameter: 'call_id'.", "missing_required_parameter")
+                raise invalid_param(
+                    f"input[{i}].call_id",
+                    "Missing required parameter: 'call_id'.",
+                    "missing_required_parameter",
+                )
         elif kind == "function_call":
             if not isinstance(item.get("call_id"), str) or not isinstance(item.get("name"), str):
-                raise invalid_param(f"input[{i}]", "A function_call item needs 'call_id' and 'name'.", "missing_required_parameter")
+                raise invalid_param(
+                    f"input[{i}]",
+                    "A function_call item needs 'call_id' and 'name'.",
+                    "missing_required_parameter",
+                )
     return value
 
 
@@ -185,7 +197,9 @@ def parse_create(obj: dict[str, Any], *, websocket: bool) -> CreateRequest:
     background = bool(obj.get("background", False))
     if websocket and background:
         raise InvalidRequest(
-            "'background' is not supported in WebSocket mode.", param="background", code="unsupported_parameter"
+            "'background' is not supported in WebSocket mode.",
+            param="background",
+            code="unsupported_parameter",
         )
     return CreateRequest(
         body=body,

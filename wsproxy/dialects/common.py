@@ -316,12 +316,4 @@ def open_function_call(
     """Open a function_call item; a flattened namespace member gets its ``namespace`` + ``name``
     back (Codex dispatches on both)."""
     namespace, name = names.get(upstream_name, (None, upstream_name))
-    events = builder.function_call(call_id, name)
-    if namespace is not None and events:
-        # The builder has no namespace argument: patch the item (later events and the terminal
-        # snapshot share it) and re-encode the one output_item.added event already built.
-        builder.output[-1]["namespace"] = namespace
-        added = events[-1].json()
-        added["item"]["namespace"] = namespace
-        events[-1] = Event.build(added)
-    return events
+    return builder.function_call(call_id, name, namespace)
