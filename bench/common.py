@@ -132,7 +132,7 @@ class Child:
             if cores:
                 os.sched_setaffinity(0, cores)
 
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child's lifetime
+        log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
                 self.argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin,

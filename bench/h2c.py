@@ -34,7 +34,7 @@ def frame(ftype: int, flags: int, sid: int, payload: bytes = b"") -> bytes:
 
 
 class H2Stream:
-    __slots__ = ("sid", "body", "window", "pending", "end_pending", "ended", "on_cancel")
+    __slots__ = ("body", "end_pending", "ended", "on_cancel", "pending", "sid", "window")
 
     def __init__(self, sid: int, window: int) -> None:
         self.sid = sid
@@ -62,8 +62,8 @@ class H2Sink:
     def send(self, data: bytes) -> None:
         self.conn.send_data(self.stream, data, False)
 
-    def end(self) -> None:
-        self.conn.send_data(self.stream, b"", True)
+    def end(self, data: bytes = b"") -> None:
+        self.conn.send_data(self.stream, data, True)
 
 
 class H2Connection:

@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,8 +154,9 @@ def find_nginx() -> str | None:
 class Lab:
     """The fake upstream, wsproxy and nginx as child processes, each on a free 127.0.0.1 port."""
 
-    def __init__(self, tmp: Path, cores: Cores, use_nginx: bool = True) -> None:
+    def __init__(self, tmp: Path, cores: Cores, use_nginx: bool = True, proxy_src: Path | None = None) -> None:
         self.tmp = tmp
+        self.proxy_src = proxy_src or REPO_DIR
         self.cores = cores
         self.upstream_port = free_port()
         self.proxy_port = free_port()
@@ -184,10 +186,11 @@ class Lab:
         cfg.write_text(_proxy_config(self.upstream_port))
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("WSPROXY_", "OPENAI_", "ANTHROPIC_"))}
+        env["PYTHONPATH"] = str(self.proxy_src)
         self.proxy = Child(
             "wsproxy",
             [sys.executable, "-m", "wsproxy", "serve", "--config", str(cfg), "--port", str(self.proxy_port)],
-            self.tmp / "wsproxy.log", self.cores.proxy, env=env, cwd=REPO_DIR,
+            self.tmp / "wsproxy.log", self.cores.proxy, env=env, cwd=self.proxy_src,
         ).start()
         wait_for_port(self.proxy_port, self.proxy)
         with urllib.request.urlopen(f"http://127.0.0.1:{self.proxy_port}/healthz", timeout=10) as r:
@@ -230,6 +233,14 @@ class Lab:
     def server_child(self, target: Target) -> Child | None:
         """The process whose CPU a run of ``target`` charges (None for direct)."""
         return {"wsproxy": self.proxy, "nginx": self.nginx}.get(target.via)
+
+    def server_cpu(self, target: Target) -> Callable[[], float] | None:
+        """CPU seconds so far of the server under test (nginx: master + worker)."""
+        child = self.server_child(target)
+        if child is None:
+            return None
+        tree = target.via == "nginx"
+        return lambda: child.cpu_seconds(tree=tree)
 
     def upstream_stats(self, reset: bool = False) -> dict[str, float]:
         url = f"http://127.0.0.1:{self.upstream_port}/stats" + ("?reset=1" if reset else "")

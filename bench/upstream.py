@@ -33,7 +33,8 @@ class Sink(Protocol):
 
     def send(self, data: bytes) -> None: ...
 
-    def end(self) -> None: ...
+    def end(self, data: bytes = b"") -> None:
+        """The last bytes and the end of the body, in one write."""
 
 
 class Stats:
@@ -44,13 +45,14 @@ class Stats:
 
     def reset(self) -> None:
         self.requests = 0
+        self.connections = 0
         self.deltas = 0
         self.late_2ms = 0
         self.late_max_us = 0.0
 
     def json(self) -> bytes:
         return orjson.dumps({
-            "requests": self.requests, "deltas": self.deltas, "late_2ms": self.late_2ms,
+            "requests": self.requests, "connections": self.connections, "deltas": self.deltas, "late_2ms": self.late_2ms,
             "late_max_us": round(self.late_max_us, 1),
         })
 
@@ -94,8 +96,7 @@ class Generator:
             parts.extend(stream.delta(i, ts) for i in range(self.n))
             parts.append(stream.tail())
             self.stats.deltas += self.n
-            self.sink.send(b"".join(parts))
-            self.sink.end()
+            self.sink.end(b"".join(parts))
             return
         first = self.stream.open() + self.stream.delta(0, time.monotonic_ns()) if self.n else self.stream.open()
         self.stats.deltas += 1 if self.n else 0
@@ -105,8 +106,7 @@ class Generator:
 
     def _schedule(self) -> None:
         if self.i >= self.n:
-            self.sink.send(self.stream.tail())
-            self.sink.end()
+            self.sink.end(self.stream.tail())
             self.handle = None
             return
         self.handle = self.loop.call_at(self.t0 + self.i * self.pace.delay, self._next)
@@ -149,10 +149,11 @@ class H1Sink:
         if not self.proto.closed:
             self.proto.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
 
-    def end(self) -> None:
+    def end(self, data: bytes = b"") -> None:
         proto = self.proto
         if not proto.closed:
-            proto.transport.write(b"0\r\n\r\n")
+            last = b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+            proto.transport.write(last + b"0\r\n\r\n")
             proto.generator = None
 
 
@@ -170,6 +171,7 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.stats.connections += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -120,7 +120,8 @@ def normalize_input(value: Any) -> list[dict[str, Any]]:
             if item.get("role") not in ("user", "assistant", "system", "developer"):
                 raise invalid_param(
                     f"input[{i}].role",
-                    f"Invalid value for 'input[{i}].role': expected one of user, assistant, system, developer.",
+                    f"Invalid value for 'input[{i}].role': "
+                    "expected one of user, assistant, system, developer.",
                 )
             if not isinstance(item.get("content"), (str, list)):
                 raise invalid_param(
