@@ -158,7 +158,8 @@ class SSEConnection(asyncio.Protocol):
         self._reset()
         ex.t_sent = time.monotonic_ns()
         self.transport.write(
-            b"POST %b HTTP/1.1\r\nhost: %b:%d\r\ncontent-type: application/json\r\naccept: text/event-stream\r\n"
+            b"POST %b HTTP/1.1\r\nhost: %b:%d\r\ncontent-type: application/json\r\n"
+            b"accept: text/event-stream\r\n"
             b"authorization: Bearer sk-bench\r\ncontent-length: %d\r\n\r\n%b"
             % (path.encode(), self.host.encode(), self.port, len(body), body)
         )
@@ -268,7 +269,9 @@ class WSConnection(asyncio.Protocol):
         self.frag_compressed = False
 
     @classmethod
-    async def open(cls, host: str, port: int, path: str = "/v1/responses", deflate: bool = True) -> WSConnection:
+    async def open(
+        cls, host: str, port: int, path: str = "/v1/responses", deflate: bool = True
+    ) -> WSConnection:
         loop = asyncio.get_running_loop()
         _, proto = await loop.create_connection(lambda: cls(host, port, path, deflate), host, port)
         await proto.handshaken
@@ -277,7 +280,11 @@ class WSConnection(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         key = base64.b64encode(os.urandom(16))
-        ext = b"sec-websocket-extensions: permessage-deflate; client_max_window_bits\r\n" if self.offer_deflate else b""
+        ext = (
+            b"sec-websocket-extensions: permessage-deflate; client_max_window_bits\r\n"
+            if self.offer_deflate
+            else b""
+        )
         transport.write(
             b"GET %b HTTP/1.1\r\nhost: %b:%d\r\nupgrade: websocket\r\nconnection: Upgrade\r\n"
             b"sec-websocket-key: %b\r\nsec-websocket-version: 13\r\n%bauthorization: Bearer sk-bench\r\n\r\n"

@@ -100,6 +100,14 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine so far, all cores (/proc/stat)."""
+    with open("/proc/stat", "rb") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK, steal / CLK_TCK
+
+
 def proc_rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/statm", "rb") as fh:
         return int(fh.read().split()[1]) * PAGE
@@ -135,8 +143,13 @@ class Child:
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
-                self.argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=pin,
-                env=self.env, cwd=self.cwd, start_new_session=True,
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=pin,
+                env=self.env,
+                cwd=self.cwd,
+                start_new_session=True,
             )
         finally:
             log.close()

@@ -20,7 +20,9 @@ from typing import Any
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
+    range(10)
+)
 END_STREAM, ACK, END_HEADERS, PADDED = 0x1, 0x1, 0x4, 0x8
 
 # :status 200 (static index 8), content-type (static index 31, literal without indexing) text/event-stream
@@ -84,7 +86,9 @@ class H2Connection:
         self.streams: dict[int, H2Stream] = {}
         settings = (3).to_bytes(2, "big") + (10_000).to_bytes(4, "big")
         settings += (4).to_bytes(2, "big") + _OUR_STREAM_WINDOW.to_bytes(4, "big")
-        self.t.write(frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, (1 << 30).to_bytes(4, "big")))
+        self.t.write(
+            frame(SETTINGS, 0, 0, settings) + frame(WINDOW_UPDATE, 0, 0, (1 << 30).to_bytes(4, "big"))
+        )
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf

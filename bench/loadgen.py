@@ -28,11 +28,11 @@ import numpy as np
 import orjson
 
 from bench.clients import Exchange, Recorder, SSEConnection, WSConnection, terminal_json
-from bench.common import percentiles
+from bench.common import machine_cpu_seconds, percentiles
 from bench.targets import Endpoint
 
 Conn = SSEConnection | WSConnection
-RESPONSE_TIMEOUT = 60.0
+RESPONSE_TIMEOUT = 20.0
 
 
 @dataclass
@@ -76,6 +76,26 @@ async def open_many(ep: Endpoint, n: int, parallel: int = 64) -> list[Conn]:
     return conns
 
 
+async def probe(ep: Endpoint, limit_s: float = 10.0) -> str | None:
+    """One short request through ``ep``; None when it completed, else what went wrong."""
+    rec = Recorder()
+    rec.t_start, rec.t_end = 0, 1 << 62
+    conn: Conn | None = None
+    try:
+        async with asyncio.timeout(limit_s):
+            conn = await connect(ep)
+            ex = Exchange(rec, chat=ep.chat)
+            await send(conn, ep, ep.body(), ex)
+    except (OSError, ConnectionError, TimeoutError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        if conn is not None:
+            conn.close()
+    if rec.errors or rec.responses != 1:
+        return f"no completed response ({rec.error_kinds or 'no terminal event'})"
+    return None
+
+
 def _cpu_self() -> float:
     t = os.times()
     return t.user + t.system
@@ -92,6 +112,8 @@ class LoadResult:
     ttfd: np.ndarray
     server_cpu: float | None
     harness_cpu: float
+    machine_busy: float = 0.0  # every process on the machine, in the window
+    steal: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         p = percentiles(self.lat)
@@ -101,10 +123,17 @@ class LoadResult:
             "responses_per_s": self.responses / self.duration,
             "errors": self.errors,
             "error_kinds": self.error_kinds,
-            "lat_p50_us": p[0] / 1e3, "lat_p99_us": p[1] / 1e3, "lat_p999_us": p[2] / 1e3,
-            "ttfd_p50_us": t[0] / 1e3, "ttfd_p99_us": t[1] / 1e3,
+            "lat_p50_us": p[0] / 1e3,
+            "lat_p99_us": p[1] / 1e3,
+            "lat_p999_us": p[2] / 1e3,
+            "ttfd_p50_us": t[0] / 1e3,
+            "ttfd_p99_us": t[1] / 1e3,
             "harness_cpu_util": self.harness_cpu / self.duration,
             "harness_cpu_us_per_delta": self.harness_cpu / max(1, self.deltas) * 1e6,
+            # CPU used by processes that are not ours (other jobs on a shared machine), and VM steal
+            "foreign_cpu_util": max(0.0, self.machine_busy - self.harness_cpu - (self.server_cpu or 0.0))
+            / self.duration,
+            "steal_util": self.steal / self.duration,
         }
         if self.server_cpu is not None:
             out["cpu_util"] = self.server_cpu / self.duration
@@ -157,9 +186,11 @@ async def run_load(
         await asyncio.sleep(max(0.0, (rec.t_start - time.monotonic_ns()) / 1e9))
         s0 = server_cpu() if server_cpu else None
         h0 = _cpu_self() + upstream_cpu()
+        m0 = machine_cpu_seconds()
         await asyncio.sleep(max(0.0, (rec.t_end - time.monotonic_ns()) / 1e9))
         s1 = server_cpu() if server_cpu else None
         h1 = _cpu_self() + upstream_cpu()
+        m1 = machine_cpu_seconds()
         _, pending = await asyncio.wait(tasks, timeout=RESPONSE_TIMEOUT)
         for task in pending:
             task.cancel()
@@ -171,10 +202,17 @@ async def run_load(
         for conn in conns:
             conn.close()
     return LoadResult(
-        deltas=rec.deltas, responses=rec.responses, errors=rec.errors, error_kinds=dict(rec.error_kinds),
-        duration=duration, lat=np.frombuffer(rec.lat, dtype=np.int64).copy(),
+        deltas=rec.deltas,
+        responses=rec.responses,
+        errors=rec.errors,
+        error_kinds=dict(rec.error_kinds),
+        duration=duration,
+        lat=np.frombuffer(rec.lat, dtype=np.int64).copy(),
         ttfd=np.frombuffer(rec.ttfd, dtype=np.int64).copy(),
-        server_cpu=None if s0 is None or s1 is None else s1 - s0, harness_cpu=h1 - h0,
+        server_cpu=None if s0 is None or s1 is None else s1 - s0,
+        harness_cpu=h1 - h0,
+        machine_busy=m1[0] - m0[0],
+        steal=m1[1] - m0[1],
     )
 
 
@@ -227,8 +265,11 @@ async def agent_loop(ep: Endpoint, mode: str, turns: int, tool_output_bytes: int
                 raise RuntimeError(f"turn {turn}: {final.get('type')}: {str(final)[:300]}")
             prev = response.get("id")
             call = next(o for o in response.get("output", []) if o.get("type") == "function_call")
-            output = {"type": "function_call_output", "call_id": call["call_id"],
-                      "output": f"turn {turn}: " + "y" * tool_output_bytes}
+            output = {
+                "type": "function_call_output",
+                "call_id": call["call_id"],
+                "output": f"turn {turn}: " + "y" * tool_output_bytes,
+            }
             history += [call, output]
             new_input = [output]
     finally:
@@ -259,7 +300,9 @@ async def open_idle(
                 async with asyncio.timeout(30):
                     conns.append(await WSConnection.open("127.0.0.1", ep.port, ep.path, ep.deflate))
             except (OSError, ConnectionError, TimeoutError) as exc:
-                kind = type(exc).__name__ + (f"[{exc.errno}]" if isinstance(exc, OSError) and exc.errno else "")
+                kind = type(exc).__name__ + (
+                    f"[{exc.errno}]" if isinstance(exc, OSError) and exc.errno else ""
+                )
                 failures[kind] = failures.get(kind, 0) + 1
                 if sum(failures.values()) > max(50, n // 100):
                     stop = True

@@ -35,7 +35,9 @@ def parse_model(model: str) -> Pace:
     parts = model.rsplit("@", 1)[-1].split("-")
     try:
         if len(parts) == 4 and parts[0] in ("bench", "benchtool"):
-            return Pace(int(parts[1]), float(parts[2]) / 1000.0, float(parts[3]) / 1000.0, parts[0] == "benchtool")
+            return Pace(
+                int(parts[1]), float(parts[2]) / 1000.0, float(parts[3]) / 1000.0, parts[0] == "benchtool"
+            )
     except ValueError:
         pass
     return Pace()
@@ -87,17 +89,18 @@ class ResponsesStream:
             "usage": None, "user": None, "metadata": {},
         }  # fmt: skip
         if pace.tool:
-            args = orjson.dumps({"path": "src/module.py", "query": "x" * max(0, 4 * pace.tokens - 40)}).decode()
+            args = orjson.dumps(
+                {"path": "src/module.py", "query": "x" * max(0, 4 * pace.tokens - 40)}
+            ).decode()
             step = max(1, -(-len(args) // max(1, pace.tokens)))
             self.args = args
             self.arg_chunks = [orjson.dumps(args[i : i + step]) for i in range(0, len(args), step)]
             self.fc_id = f"fc_bench{n:010d}"
             self.call_id = f"call_bench{n:010d}"
-        self._delta_head = (
-            b'{"type":"response.output_text.delta","sequence_number":'
+        self._delta_head = b'{"type":"response.output_text.delta","sequence_number":'
+        self._delta_mid = (
+            b',"item_id":"' + self.mid.encode() + b'","output_index":0,"content_index":0,"delta":"t'
         )
-        self._delta_mid = (b',"item_id":"' + self.mid.encode()
-                           + b'","output_index":0,"content_index":0,"delta":"t')
         self._delta_tail = b' ","logprobs":[],"obfuscation":"Qx7pL"}'
 
     def _event(self, payload: dict[str, object]) -> bytes:
@@ -114,14 +117,25 @@ class ResponsesStream:
 
     def open(self) -> bytes:
         if self.pace.tool:
-            item = {"id": self.fc_id, "type": "function_call", "status": "in_progress", "arguments": "",
-                    "call_id": self.call_id, "name": "read_file"}
+            item = {
+                "id": self.fc_id,
+                "type": "function_call",
+                "status": "in_progress",
+                "arguments": "",
+                "call_id": self.call_id,
+                "name": "read_file",
+            }
             return self._event({"type": "response.output_item.added", "output_index": 0, "item": item})
         msg = {"id": self.mid, "type": "message", "status": "in_progress", "content": [], "role": "assistant"}
         common = {"item_id": self.mid, "output_index": 0, "content_index": 0}
-        return self._event({"type": "response.output_item.added", "output_index": 0, "item": msg}) + self._event(
-            {"type": "response.content_part.added", **common,
-             "part": {"type": "output_text", "annotations": [], "logprobs": [], "text": ""}}
+        return self._event(
+            {"type": "response.output_item.added", "output_index": 0, "item": msg}
+        ) + self._event(
+            {
+                "type": "response.content_part.added",
+                **common,
+                "part": {"type": "output_text", "annotations": [], "logprobs": [], "text": ""},
+            }
         )
 
     @property
@@ -132,36 +146,75 @@ class ResponsesStream:
         seq = self.seq
         self.seq += 1
         if self.pace.tool:
-            payload = (b'{"type":"response.function_call_arguments.delta","sequence_number":%d,"item_id":"%s",'
-                       b'"output_index":0,"delta":%s,"obfuscation":"Qx7pL"}'
-                       % (seq, self.fc_id.encode(), self.arg_chunks[i]))
+            payload = (
+                b'{"type":"response.function_call_arguments.delta","sequence_number":%d,"item_id":"%s",'
+                b'"output_index":0,"delta":%s,"obfuscation":"Qx7pL"}'
+                % (seq, self.fc_id.encode(), self.arg_chunks[i])
+            )
             return b"event: response.function_call_arguments.delta\ndata: " + payload + b"\n\n"
         stamp = b"%d" % ts
         self.texts.append(stamp)
-        return (b"event: response.output_text.delta\ndata: " + self._delta_head + b"%d" % seq
-                + self._delta_mid + stamp + self._delta_tail + b"\n\n")
+        return (
+            b"event: response.output_text.delta\ndata: "
+            + self._delta_head
+            + b"%d" % seq
+            + self._delta_mid
+            + stamp
+            + self._delta_tail
+            + b"\n\n"
+        )
 
     def tail(self) -> bytes:
-        usage = {"input_tokens": 12, "input_tokens_details": {"cached_tokens": 0},
-                 "output_tokens": self.n_deltas, "output_tokens_details": {"reasoning_tokens": 0},
-                 "total_tokens": 12 + self.n_deltas}
+        usage = {
+            "input_tokens": 12,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": self.n_deltas,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 12 + self.n_deltas,
+        }
         out = []
         if self.pace.tool:
-            item = {"id": self.fc_id, "type": "function_call", "status": "completed", "arguments": self.args,
-                    "call_id": self.call_id, "name": "read_file"}
-            out.append(self._event({"type": "response.function_call_arguments.done", "item_id": self.fc_id,
-                                    "output_index": 0, "arguments": self.args}))
+            item = {
+                "id": self.fc_id,
+                "type": "function_call",
+                "status": "completed",
+                "arguments": self.args,
+                "call_id": self.call_id,
+                "name": "read_file",
+            }
+            out.append(
+                self._event(
+                    {
+                        "type": "response.function_call_arguments.done",
+                        "item_id": self.fc_id,
+                        "output_index": 0,
+                        "arguments": self.args,
+                    }
+                )
+            )
         else:
             text = "".join(f"t{s.decode()} " for s in self.texts)
             part = {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
             common = {"item_id": self.mid, "output_index": 0, "content_index": 0}
-            out.append(self._event({"type": "response.output_text.done", **common, "text": text, "logprobs": []}))
+            out.append(
+                self._event({"type": "response.output_text.done", **common, "text": text, "logprobs": []})
+            )
             out.append(self._event({"type": "response.content_part.done", **common, "part": part}))
-            item = {"id": self.mid, "type": "message", "status": "completed", "content": [part],
-                    "role": "assistant"}
+            item = {
+                "id": self.mid,
+                "type": "message",
+                "status": "completed",
+                "content": [part],
+                "role": "assistant",
+            }
         out.append(self._event({"type": "response.output_item.done", "output_index": 0, "item": item}))
-        final = {**self.base, "status": "completed", "completed_at": int(time.time()), "output": [item],
-                 "usage": usage}
+        final = {
+            **self.base,
+            "status": "completed",
+            "completed_at": int(time.time()),
+            "output": [item],
+            "usage": usage,
+        }
         out.append(self._event({"type": "response.completed", "response": final}))
         return b"".join(out)
 
@@ -173,8 +226,13 @@ class ChatStream:
         n = next(_ids)
         self.pace = pace
         self.n_deltas = pace.tokens
-        head = {"id": f"chatcmpl-bench{n:010d}", "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": model, "system_fingerprint": "fp_bench"}
+        head = {
+            "id": f"chatcmpl-bench{n:010d}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "fp_bench",
+        }
         self._prefix = orjson.dumps(head)[:-1] + b',"choices":[{"index":0,"delta":{"content":"t'
         self._suffix = b' "},"logprobs":null,"finish_reason":null}]}'
         self._head = head
@@ -183,16 +241,34 @@ class ChatStream:
         return b""  # Chat servers say nothing before the first token
 
     def open(self) -> bytes:
-        chunk = {**self._head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "",
-                                                                   "refusal": None},
-                                             "logprobs": None, "finish_reason": None}]}
+        chunk = {
+            **self._head,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": "", "refusal": None},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ],
+        }
         return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
     def delta(self, i: int, ts: int) -> bytes:
         return b"data: " + self._prefix + b"%d" % ts + self._suffix + b"\n\n"
 
     def tail(self) -> bytes:
-        fin = {**self._head, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]}
-        usage = {**self._head, "choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": self.n_deltas,
-                                                         "total_tokens": 12 + self.n_deltas}}
+        fin = {
+            **self._head,
+            "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}],
+        }
+        usage = {
+            **self._head,
+            "choices": [],
+            "usage": {
+                "prompt_tokens": 12,
+                "completion_tokens": self.n_deltas,
+                "total_tokens": 12 + self.n_deltas,
+            },
+        }
         return b"data: " + orjson.dumps(fin) + b"\n\ndata: " + orjson.dumps(usage) + b"\n\ndata: [DONE]\n\n"

@@ -45,8 +45,12 @@ class Target:
 
     @property
     def provider(self) -> str:
-        return {("responses", False): "oa1", ("responses", True): "oa2",
-                ("chat", False): "cc1", ("chat", True): "cc2"}[(self.upstream, self.http2)]
+        return {
+            ("responses", False): "oa1",
+            ("responses", True): "oa2",
+            ("chat", False): "cc1",
+            ("chat", True): "cc2",
+        }[(self.upstream, self.http2)]
 
 
 TARGETS: dict[str, Target] = {t.key: t for t in (
@@ -77,12 +81,17 @@ class Endpoint:
     def body(self, extra: dict[str, object] | None = None) -> bytes:
         if self.chat:
             payload: dict[str, object] = {
-                "model": self.model, "stream": True, "stream_options": {"include_usage": True},
+                "model": self.model,
+                "stream": True,
+                "stream_options": {"include_usage": True},
                 "messages": [{"role": "user", "content": "Write a story."}],
             }
         else:
-            payload = {"model": self.model, "input": [{"role": "user", "content": "Write a story."}],
-                       "store": False}
+            payload = {
+                "model": self.model,
+                "input": [{"role": "user", "content": "Write a story."}],
+                "store": False,
+            }
             if self.transport == "ws":
                 payload = {"type": "response.create", **payload}
             else:
@@ -94,11 +103,16 @@ class Endpoint:
 
 def _proxy_config(upstream_port: int) -> str:
     base = f"http://127.0.0.1:{upstream_port}/v1"
-    common = ('api_key = "sk-bench"\nmax_connections = 1024\nmax_keepalive_connections = 1024\n'
-              "max_retries = 0\n")
+    common = (
+        'api_key = "sk-bench"\nmax_connections = 1024\nmax_keepalive_connections = 1024\nmax_retries = 0\n'
+    )
     providers = ""
-    for name, kind, h2 in (("oa1", "openai", False), ("oa2", "openai", True),
-                           ("cc1", "chat_completions", False), ("cc2", "chat_completions", True)):
+    for name, kind, h2 in (
+        ("oa1", "openai", False),
+        ("oa2", "openai", True),
+        ("cc1", "chat_completions", False),
+        ("cc2", "chat_completions", True),
+    ):
         http2 = "http2 = true\nhttp2_prior_knowledge = true\n" if h2 else "http2 = false\n"
         providers += f'\n[providers.{name}]\nkind = "{kind}"\nbase_url = "{base}"\n{http2}{common}'
     return (
@@ -154,7 +168,9 @@ def find_nginx() -> str | None:
 class Lab:
     """The fake upstream, wsproxy and nginx as child processes, each on a free 127.0.0.1 port."""
 
-    def __init__(self, tmp: Path, cores: Cores, use_nginx: bool = True, proxy_src: Path | None = None) -> None:
+    def __init__(
+        self, tmp: Path, cores: Cores, use_nginx: bool = True, proxy_src: Path | None = None
+    ) -> None:
         self.tmp = tmp
         self.proxy_src = proxy_src or REPO_DIR
         self.cores = cores
@@ -165,6 +181,7 @@ class Lab:
         self.proxy: Child | None = None
         self.nginx: Child | None = None
         self.nginx_bin = find_nginx() if use_nginx else None
+        self.broken: dict[str, str] = {}  # target -> why its preflight failed
 
     # -- processes ------------------------------------------------------------------------------
 
@@ -176,21 +193,26 @@ class Lab:
 
     def start_upstream(self) -> None:
         self.upstream = Child(
-            "upstream", [sys.executable, "-m", "bench.upstream", "--port", str(self.upstream_port)],
-            self.tmp / "upstream.log", self.cores.harness, cwd=REPO_DIR,
+            "upstream",
+            [sys.executable, "-m", "bench.upstream", "--port", str(self.upstream_port)],
+            self.tmp / "upstream.log",
+            self.cores.harness,
+            cwd=REPO_DIR,
         ).start()
         wait_for_port(self.upstream_port, self.upstream)
 
     def start_proxy(self) -> None:
         cfg = self.tmp / "wsproxy.toml"
         cfg.write_text(_proxy_config(self.upstream_port))
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("WSPROXY_", "OPENAI_", "ANTHROPIC_"))}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("WSPROXY_", "OPENAI_", "ANTHROPIC_"))}
         env["PYTHONPATH"] = str(self.proxy_src)
         self.proxy = Child(
             "wsproxy",
             [sys.executable, "-m", "wsproxy", "serve", "--config", str(cfg), "--port", str(self.proxy_port)],
-            self.tmp / "wsproxy.log", self.cores.proxy, env=env, cwd=self.proxy_src,
+            self.tmp / "wsproxy.log",
+            self.cores.proxy,
+            env=env,
+            cwd=self.proxy_src,
         ).start()
         wait_for_port(self.proxy_port, self.proxy)
         with urllib.request.urlopen(f"http://127.0.0.1:{self.proxy_port}/healthz", timeout=10) as r:
@@ -207,8 +229,10 @@ class Lab:
         conf = self.tmp / "nginx.conf"
         conf.write_text(_nginx_config(self.tmp, self.nginx_port, self.upstream_port))
         self.nginx = Child(
-            "nginx", [self.nginx_bin, "-p", str(self.tmp), "-c", str(conf), "-e", str(self.tmp / "nginx-error.log")],
-            self.tmp / "nginx.log", self.cores.proxy,
+            "nginx",
+            [self.nginx_bin, "-p", str(self.tmp), "-c", str(conf), "-e", str(self.tmp / "nginx-error.log")],
+            self.tmp / "nginx.log",
+            self.cores.proxy,
         ).start()
         wait_for_port(self.nginx_port, self.nginx)
 
@@ -220,12 +244,18 @@ class Lab:
     # -- targets --------------------------------------------------------------------------------
 
     def available(self, key: str) -> bool:
-        return TARGETS[key].via != "nginx" or self.nginx is not None
+        return key not in self.broken and (TARGETS[key].via != "nginx" or self.nginx is not None)
 
     def endpoint(self, target: Target, model: str) -> Endpoint:
         if target.via == "wsproxy":
-            return Endpoint(self.proxy_port, target.transport, "/v1/responses", f"{target.provider}@{model}",
-                            chat=False, deflate=target.deflate)
+            return Endpoint(
+                self.proxy_port,
+                target.transport,
+                "/v1/responses",
+                f"{target.provider}@{model}",
+                chat=False,
+                deflate=target.deflate,
+            )
         port = self.nginx_port if target.via == "nginx" else self.upstream_port
         path = "/v1/chat/completions" if target.upstream == "chat" else "/v1/responses"
         return Endpoint(port, "sse", path, model, chat=target.upstream == "chat")

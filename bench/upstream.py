@@ -51,10 +51,15 @@ class Stats:
         self.late_max_us = 0.0
 
     def json(self) -> bytes:
-        return orjson.dumps({
-            "requests": self.requests, "connections": self.connections, "deltas": self.deltas, "late_2ms": self.late_2ms,
-            "late_max_us": round(self.late_max_us, 1),
-        })
+        return orjson.dumps(
+            {
+                "requests": self.requests,
+                "connections": self.connections,
+                "deltas": self.deltas,
+                "late_2ms": self.late_2ms,
+                "late_max_us": round(self.late_max_us, 1),
+            }
+        )
 
 
 class Generator:
@@ -98,7 +103,9 @@ class Generator:
             self.stats.deltas += self.n
             self.sink.end(b"".join(parts))
             return
-        first = self.stream.open() + self.stream.delta(0, time.monotonic_ns()) if self.n else self.stream.open()
+        first = (
+            self.stream.open() + self.stream.delta(0, time.monotonic_ns()) if self.n else self.stream.open()
+        )
         self.stats.deltas += 1 if self.n else 0
         self.i = 1
         self.sink.send(first)
@@ -131,8 +138,10 @@ class Generator:
             self.handle = None
 
 
-_SSE_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
-             b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n")
+_SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\n"
+    b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
+)
 
 
 class H1Sink:
@@ -281,7 +290,9 @@ class UpstreamProtocol(asyncio.Protocol):
 async def serve(host: str, port: int, ready: asyncio.Future[int] | None = None) -> None:
     stats = Stats()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: UpstreamProtocol(stats), host, port, backlog=4096, reuse_address=True)
+    server = await loop.create_server(
+        lambda: UpstreamProtocol(stats), host, port, backlog=4096, reuse_address=True
+    )
     actual = server.sockets[0].getsockname()[1]
     print(f"READY {actual}", flush=True)
     if ready is not None:

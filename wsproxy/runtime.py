@@ -60,7 +60,10 @@ def dialect_options(settings: ProviderSettings) -> DialectOptions:
 def make_provider(settings: ProviderSettings, environ: Mapping[str, str]) -> Provider:
     if settings.kind == "local":
         return LocalProvider(settings.name, token_delay=settings.token_delay, prefill_delay=settings.prefill_delay)
-    return HTTPProvider(settings, dialect_for(settings.kind), make_client(settings), settings.key(environ))
+    return HTTPProvider(
+        settings, dialect_for(settings.kind), make_client(settings), settings.key(environ),
+        new_client=lambda: make_client(settings),
+    )
 
 
 @dataclass
@@ -83,6 +86,13 @@ class Runtime:
     background: BackgroundRegistry = field(default_factory=BackgroundRegistry)
     # Non-streaming requests with an Idempotency-Key that are running now, by scoped key.
     idempotent_inflight: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
+    # Tasks streaming a response to a client (SSE, JSON, WebSocket); when the shutdown grace is
+    # over (``grace_over``) they are cancelled and end their response with a terminal event.
+    streaming: set[asyncio.Task[Any]] = field(default_factory=set)
+    grace_over: bool = False
+    # Open WebSocket sessions: the drain waits for them to send their 1001 close.
+    sessions: int = 0
+    sessions_closed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         """A task owned by the runtime: kept, and cancelled at close."""
@@ -99,6 +109,44 @@ class Runtime:
         self.active_responses -= 1
         if self.active_responses == 0:
             self.drained.set()
+
+    def session_opened(self) -> None:
+        self.sessions += 1
+        self.sessions_closed.clear()
+
+    def session_closed(self) -> None:
+        self.sessions -= 1
+        if self.sessions == 0:
+            self.sessions_closed.set()
+
+    async def drain(self, grace: float, settle: float = 5.0) -> bool:
+        """Graceful shutdown: readiness turns false and new work is refused (``closing``); the
+        responses in flight get ``grace`` seconds to finish. Then the rest are ended: their edges
+        send a terminal event (stored first) within ``settle`` seconds. True if all finished."""
+        self.ready = False
+        self.closing.set()
+        log.info("shutdown: draining %d in-flight responses (grace %.1fs)", self.active_responses, grace)
+        finished = True
+        try:
+            async with asyncio.timeout(grace):
+                await self.drained.wait()
+        except TimeoutError:
+            finished = False
+            log.warning("shutdown: grace period over, ending %d responses", self.active_responses)
+            self.grace_over = True
+            for task in list(self.streaming):
+                task.cancel()
+            try:
+                async with asyncio.timeout(settle):
+                    await self.drained.wait()
+            except TimeoutError:
+                log.error("shutdown: %d responses did not end within %.1fs", self.active_responses, settle)
+        try:
+            async with asyncio.timeout(settle):
+                await self.sessions_closed.wait()  # WebSocket sessions send their 1001 close
+        except TimeoutError:
+            log.error("shutdown: %d websocket sessions still open", self.sessions)
+        return finished
 
     async def _purge_loop(self) -> None:
         interval = self.settings.store.purge_interval
@@ -148,5 +196,6 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str] | None = N
         providers=providers,
     )
     runtime.drained.set()
+    runtime.sessions_closed.set()
     runtime.spawn(runtime._purge_loop(), "store-purge")
     return runtime

@@ -20,7 +20,8 @@ def test_rate_limited_key_gets_429_with_retry_after(make_proxy) -> None:
         a.responses.create(model="local", input="x")
     with pytest.raises(openai.RateLimitError) as info:
         a.responses.create(model="local", input="x")
-    assert info.value.response.headers["retry-after"] == "20"
+    # 3 per minute: the next token is about 20 s away (less the time the first calls took).
+    assert 15 <= int(info.value.response.headers["retry-after"]) <= 20
     assert info.value.body["code"] == "rate_limit_exceeded"
     # Another key has its own bucket.
     assert b.responses.create(model="local", input="x").status == "completed"

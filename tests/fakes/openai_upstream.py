@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -59,7 +61,7 @@ class FakeOpenAI:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
         self.disconnects = 0
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         # Notified whenever a request record changes (see ``wait``).
         self.changed = threading.Condition(self.lock)
         self.known_ids: set[str] = set()
@@ -177,6 +179,7 @@ class FakeOpenAI:
         data = orjson.loads(body)
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         record: dict[str, Any] = {"body": data, "headers": headers, "http_version": scope["http_version"],
+                                  "client": tuple(scope.get("client") or ()),
                                   "sent": 0, "disconnected": False, "finished": False, "time": time.monotonic()}
         model = str(data.get("model", "fake"))
         with self.changed:
@@ -207,23 +210,27 @@ class FakeOpenAI:
             return
         await self._stream(send, receive, model, data, record)
 
-    def _shaped(self, model: str, data: dict[str, Any]) -> list[dict[str, Any]]:
-        """The events of the answer, reshaped for the flood/order behaviours."""
+    def _shaped(self, model: str, data: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """The events of the answer, reshaped for the flood/order behaviours (made lazily: a
+        flood is generated as it is sent)."""
         events = self.events(data)
+        stream: Iterable[dict[str, Any]] = events
         if model.startswith("flood-"):
             _, n, size = model.split("-")
-            delta = next(e for e in events if e["type"] == "response.output_text.delta")
-            at = events.index(delta)
-            pad = "x" * int(size)
-            events[at:at + 1] = [{**delta, "delta": pad} for _ in range(int(n))]
+            at = next(i for i, e in enumerate(events) if e["type"] == "response.output_text.delta")
+            delta = events[at]
+            # Random text: compression (permessage-deflate) must not hide the volume.
+            pad = os.urandom(int(size) // 2 + 1).hex()[: int(size)]
+            flood = ({**delta, "delta": pad[i % 7:] + pad[:i % 7]} for i in range(int(n)))
+            stream = itertools.chain(events[:at], flood, events[at + 1:])
         elif model == "order-delta-first":
             delta = next(e for e in events if e["type"] == "response.output_text.delta")
             events.insert(0, dict(delta))
         elif model == "order-double-created":
             events.insert(2, dict(events[0]))
-        for i, event in enumerate(events):
+        for i, event in enumerate(stream):
             event["sequence_number"] = i
-        return events
+            yield event
 
     async def _stream(
         self, send: Any, receive: Any, model: str, data: dict[str, Any], record: dict[str, Any]
@@ -235,6 +242,11 @@ class FakeOpenAI:
                 message = await receive()
                 if message["type"] == "http.disconnect":
                     gone.set()
+                    # Recorded at once: the app may still be blocked in a send (backpressure).
+                    if not record["finished"]:
+                        with self.lock:
+                            self.disconnects += 1
+                        self._touch(record, disconnected=True)
                     return
 
         watcher = asyncio.get_running_loop().create_task(watch())
@@ -244,10 +256,6 @@ class FakeOpenAI:
                 return
             await self._play(send, model, data, record, gone)
         finally:
-            if gone.is_set():
-                with self.lock:
-                    self.disconnects += 1
-                self._touch(record, disconnected=True)
             watcher.cancel()
 
     async def _play(

@@ -39,7 +39,7 @@ from tests.faults.rawupstream import RawUpstream
 from wsproxy.asgi.app import create_app
 from wsproxy.settings import load_settings
 
-IDLE = 0.8
+IDLE = 0.5
 TERMINAL = ("response.completed", "response.failed", "response.incomplete")
 
 
@@ -83,8 +83,14 @@ def fault_toml(
     """Write the suite's TOML; ``providers`` overrides per-provider fields."""
     dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
     tls = fake_url.replace("http://", "https://") + "/v1"
-    common = {"api_key": "sk-up", "idle_timeout": IDLE, "first_byte_timeout": IDLE, "connect_timeout": 1.0,
-              "max_retries": 1, "retry_max_wait": 2.0}
+    common = {
+        "api_key": "sk-up",
+        "idle_timeout": IDLE,
+        "first_byte_timeout": IDLE,
+        "connect_timeout": 1.0,
+        "max_retries": 1,
+        "retry_max_wait": 2.0,
+    }
     table: dict[str, dict[str, Any]] = {
         "up": {"kind": "openai", "base_url": fake_url + "/v1", "http2_prior_knowledge": True, **common},
         "up1": {"kind": "openai", "base_url": fake_url + "/v1", "http2": False, **common},
@@ -140,6 +146,26 @@ def fault_proxy(
         server.stop()
 
 
+@pytest.fixture
+def proxy_process(
+    tmp_path: Path, fault_upstream: tuple[FakeOpenAI, str], raw_upstream: RawUpstream
+) -> Iterator[Any]:
+    """``proxy_process(**limits)``: wsproxy as a real process (signals, its own RSS and fds)."""
+    from tests.faults.proc import ProxyProcess
+
+    procs: list[ProxyProcess] = []
+
+    def start(providers: dict[str, dict[str, Any]] | None = None, **limits: Any) -> ProxyProcess:
+        path = fault_toml(tmp_path, fault_upstream[1], raw_upstream.url, limits, providers)
+        proc = ProxyProcess(path, tmp_path / f"wsproxy-{len(procs)}.log").start()
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()
+
+
 # -- client helpers ---------------------------------------------------------------------------
 
 
@@ -173,7 +199,9 @@ def is_outcome(event: dict[str, Any]) -> bool:
     return event.get("type") in TERMINAL or (event.get("type") == "error" and "sequence_number" not in event)
 
 
-async def until_outcome(ws: ClientConnection, timeout: float = 8.0, limit: int = 100_000) -> list[dict[str, Any]]:
+async def until_outcome(
+    ws: ClientConnection, timeout: float = 8.0, limit: int = 100_000
+) -> list[dict[str, Any]]:
     """Events up to and including the next terminal event or request-level error."""
     events: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
@@ -197,11 +225,13 @@ def sse_events(body: bytes) -> list[dict[str, Any]]:
     return out
 
 
-async def post_sse(proxy: UvicornThread, model: str, text: str = "hello", timeout: float = 10.0,
-                   **fields: Any) -> tuple[int, list[dict[str, Any]], bytes]:
+async def post_sse(
+    proxy: UvicornThread, model: str, text: str = "hello", timeout: float = 10.0, **fields: Any
+) -> tuple[int, list[dict[str, Any]], bytes]:
     async with httpx2.AsyncClient(timeout=timeout) as client:
-        r = await client.post(proxy.url + "/v1/responses",
-                              json={"model": model, "input": text, "stream": True, **fields})
+        r = await client.post(
+            proxy.url + "/v1/responses", json={"model": model, "input": text, "stream": True, **fields}
+        )
     return r.status_code, sse_events(r.content) if r.status_code == 200 else [], r.content
 
 

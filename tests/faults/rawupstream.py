@@ -13,6 +13,8 @@ It speaks HTTP/2 with prior knowledge (h2c, via the ``h2`` state machine) and pl
     reset-mid          3 events, then a TCP RST (SO_LINGER 0) on the connection
     stall-mid          3 events, then silence until the client resets the stream
     slow-<ms>          the normal answer with <ms> between events
+    flood-<n>-<size>   (HTTP/1.1) n deltas of <size> bytes, each written after the previous one
+                       drained: a client that stops reading blocks it (``sent`` stops growing)
 
 Every request is recorded with what the client did to it (``reset_by_client`` when the proxy
 sent RST_STREAM or closed the connection before the answer ended), so a test can assert that
@@ -44,7 +46,7 @@ class RawUpstream:
     def __init__(self) -> None:
         self.port = free_port()
         self.events_source = FakeOpenAI()
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
         self.requests: list[dict[str, Any]] = []
         self.connections = 0
@@ -121,8 +123,14 @@ class RawUpstream:
                 writer.close()
 
     def _record(self, body: dict[str, Any], proto: str) -> dict[str, Any]:
-        record = {"body": body, "model": str(body.get("model")), "proto": proto, "sent": 0,
-                  "reset_by_client": False, "finished": False}
+        record = {
+            "body": body,
+            "model": str(body.get("model")),
+            "proto": proto,
+            "sent": 0,
+            "reset_by_client": False,
+            "finished": False,
+        }
         with self.changed:
             self.requests.append(record)
             self.changed.notify_all()
@@ -145,22 +153,26 @@ class RawUpstream:
                 length = int(value.strip())
         body = rest + await reader.readexactly(length - len(rest))
         record = self._record(orjson.loads(body), "1.1")
-        events = self.events_source.events(record["body"])
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
         model = record["model"]
-        for i, event in enumerate(events):
-            if model.endswith("-mid") and i == 3:
-                if model == "reset-mid":
-                    await writer.drain()
-                    _abort_with_rst(writer)
+        events = self.events_source._shaped(model, record["body"])
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n")
+        try:
+            for i, event in enumerate(events):
+                if model.endswith("-mid") and i == 3:
+                    await asyncio.sleep(0.2)  # let the events so far reach the client first
+                    if model == "reset-mid":
+                        _abort_with_rst(writer)
+                        return
+                    # stall-mid and the rest: silence until the client closes
+                    if await reader.read(1) == b"":
+                        self.touch(record, reset_by_client=True)
                     return
-                # stall-mid and the rest: silence until the client closes
-                if await reader.read(1) == b"":
-                    self.touch(record, reset_by_client=True)
-                return
-            writer.write(_sse(event))
-            await writer.drain()
-            self.touch(record, sent=record["sent"] + 1)
+                writer.write(_sse(event))
+                await writer.drain()  # blocks while the client does not read (backpressure)
+                self.touch(record, sent=record["sent"] + 1)
+        except (ConnectionError, OSError):
+            self.touch(record, reset_by_client=True)
+            raise
         self.touch(record, finished=True)
         writer.close()
 
@@ -175,11 +187,15 @@ def _abort_with_rst(writer: asyncio.StreamWriter) -> None:
 class H2Handler:
     """One HTTP/2 connection: the ``h2`` state machine fed from the socket."""
 
-    def __init__(self, server: RawUpstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, server: RawUpstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         self.server = server
         self.reader = reader
         self.writer = writer
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None)
+        )
         self.bodies: dict[int, bytearray] = {}
         self.records: dict[int, dict[str, Any]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
@@ -268,6 +284,7 @@ class H2Handler:
 
     async def misbehave(self, sid: int, model: str) -> None:
         await self.writer.drain()
+        await asyncio.sleep(0.2)  # let the events so far reach the client first
         if model == "goaway-mid":
             self.conn.close_connection(error_code=ErrorCodes.INTERNAL_ERROR, last_stream_id=0)
             self.flush()
@@ -277,8 +294,8 @@ class H2Handler:
             self.conn.reset_stream(sid, ErrorCodes.INTERNAL_ERROR)
             self.flush()
         elif model == "garbage-mid":
-            # A frame header announcing 16 MiB of an unknown frame: FRAME_SIZE_ERROR for the client.
-            self.writer.write(b"\xff\xff\xff\x00\x00\x00\x00\x00\x01" + b"\x00" * 64)
+            # A SETTINGS frame of 5 bytes (settings are 6 bytes each): a FRAME_SIZE_ERROR.
+            self.writer.write(b"\x00\x00\x05\x04\x00\x00\x00\x00\x00" + b"\x00" * 5)
         elif model == "reset-mid":
             _abort_with_rst(self.writer)
             self.closed = True

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from wsproxy.asgi.render import error_response, json_response
+from wsproxy.asgi.tracking import SHUTDOWN_CODE, SHUTDOWN_MESSAGE, ResponseTracker
 from wsproxy.core.events import Event
 from wsproxy.core.request import loads_object, parse_create
 from wsproxy.core.sse import DONE, KEEPALIVE, encode_event
@@ -81,7 +82,7 @@ async def create_response(request: Request) -> Response:
             return error_response(exc)
     events = runtime.engine.events(run)
     if req.stream:
-        return SSEResponse(runtime, events)
+        return SSEResponse(runtime, events, run)
     key = request.headers.get("idempotency-key")
     if key:
         return await idempotent(runtime, run, events, key)
@@ -155,17 +156,27 @@ async def _close(events: AsyncIterator[Event]) -> None:
 
 
 class _Streamed(Response):
-    """A response that owns its ASGI cycle: it watches ``receive`` for the client leaving."""
+    """A response that owns its ASGI cycle: it watches ``receive`` for the client leaving.
 
-    def __init__(self, runtime: Runtime, events: AsyncIterator[Event]) -> None:
+    The task streaming it is registered with the runtime: when the shutdown grace period is over
+    it is cancelled and ends the response with a terminal event (``end``). A client that leaves
+    gets its upstream request closed at once and its partial usage recorded."""
+
+    def __init__(self, runtime: Runtime, events: AsyncIterator[Event], run: Any = None) -> None:
         self.runtime = runtime
         self.events = events
+        self.run = run
         self.background = None
+        self.tracker = ResponseTracker(runtime, run, "http")
+        self.slow = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self.runtime.response_started()
+        runtime = self.runtime
+        runtime.response_started()
         body_task = asyncio.current_task()
         assert body_task is not None
+        if self.run is not None:
+            runtime.streaming.add(body_task)
 
         async def watch_disconnect() -> None:
             while True:
@@ -178,24 +189,93 @@ class _Streamed(Response):
         try:
             await self.stream(send)
         except asyncio.CancelledError:
-            if watcher.done():
-                # The client left: the upstream request is closed by the generator's finally.
-                self.runtime.metrics.inc("wsproxy_client_disconnects_total", transport="http")
-                log.info("client disconnected mid-response")
+            if watcher.done() or self.slow:
+                # The client left (or reads nothing): closing the events closes the upstream.
+                if not self.slow:
+                    runtime.metrics.inc("wsproxy_client_disconnects_total", transport="http")
+                self.tracker.cancelled("slow_client" if self.slow else "client_gone")
+                body_task.uncancel()  # handled: nobody is left to answer
                 return
-            raise
+            if not (runtime.grace_over and self.run is not None):
+                raise
+            body_task.uncancel()  # the shutdown grace is over: end the response properly
+            await self._close_events()
+            await self.end(send, SHUTDOWN_CODE, SHUTDOWN_MESSAGE, 503)
+        except Exception:
+            log.exception("HTTP response failed unexpectedly")
+            await self._close_events()
+            await self.end(send, "server_error", "The server failed while streaming.", 500)
         finally:
+            runtime.streaming.discard(body_task)
             watcher.cancel()
-            aclose = getattr(self.events, "aclose", None)
-            if aclose is not None:
-                await aclose()
-            self.runtime.response_ended()
+            await self._close_events()
+            runtime.response_ended()
+
+    async def _close_events(self) -> None:
+        aclose = getattr(self.events, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
     async def stream(self, send: Send) -> None:
         raise NotImplementedError
 
+    async def end(self, send: Send, code: str, message: str, status: int) -> None:
+        """End what the engine could not (bounded: the client may be why)."""
+        raise NotImplementedError
+
+
+_KEEPALIVE_MESSAGE = {"type": "http.response.body", "body": KEEPALIVE, "more_body": True}
+
 
 class SSEResponse(_Streamed):
+    """Events as they come. A send blocked for ``slow_client_timeout`` (the client reads nothing:
+    its TCP window is full) ends the stream; until then the blocked send is the backpressure that
+    stops the engine reading the upstream. While nothing is sent, comments keep it alive."""
+
+    def __init__(self, runtime: Runtime, events: AsyncIterator[Event], run: Any = None) -> None:
+        super().__init__(runtime, events, run)
+        self.lock = asyncio.Lock()
+        self.sending_since: float | None = None
+        self.last_write = time.monotonic()
+        self.started = False
+
+    async def _send(self, send: Send, message: Any) -> None:
+        async with self.lock:
+            self.sending_since = time.monotonic()
+            try:
+                await send(message)
+            finally:
+                self.sending_since = None
+                self.last_write = time.monotonic()
+
+    async def _event(self, send: Send, event: Event) -> None:
+        body = encode_event(event.type, event.data)
+        await self._send(send, {"type": "http.response.body", "body": body, "more_body": True})
+        self.tracker.saw(event)
+
+    async def _watchdog(self, send: Send, body_task: asyncio.Task[Any]) -> None:
+        limits = self.runtime.settings.limits
+        interval, slow = limits.sse_keepalive_interval, limits.slow_client_timeout
+        tick = max(0.05, min(interval, slow) / 4)
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            since = self.sending_since
+            if since is not None:
+                if now - since >= slow:
+                    break
+            elif now - self.last_write >= interval:
+                # Comments keep intermediaries from closing a stream while the model thinks.
+                try:
+                    async with asyncio.timeout(slow):
+                        await self._send(send, _KEEPALIVE_MESSAGE)
+                except TimeoutError:
+                    break
+        log.warning("ending SSE stream of a slow client (no progress for %ss)", slow)
+        self.runtime.metrics.inc("wsproxy_slow_clients_total", transport="http")
+        self.slow = True
+        body_task.cancel()
+
     async def stream(self, send: Send) -> None:
         limits = self.runtime.settings.limits
         try:
@@ -205,40 +285,45 @@ class SSEResponse(_Streamed):
             return
         except StopAsyncIteration:
             first = None
-        await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
-        last_write = time.monotonic()
-
-        async def keepalive() -> None:
-            # Comments keep intermediaries from closing a stream while the model thinks.
-            interval = limits.sse_keepalive_interval
-            while True:
-                await asyncio.sleep(max(0.05, interval - (time.monotonic() - last_write)))
-                if time.monotonic() - last_write >= interval:
-                    await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
-
-        pinger = asyncio.get_running_loop().create_task(keepalive())
+        self.started = True
+        await self._send(send, {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        body_task = asyncio.current_task()
+        assert body_task is not None
+        watchdog = asyncio.get_running_loop().create_task(self._watchdog(send, body_task))
         try:
             if first is not None:
-                await send({"type": "http.response.body", "body": encode_event(first.type, first.data), "more_body": True})
-                last_write = time.monotonic()
+                await self._event(send, first)
             async for event in self.events:
-                await send({"type": "http.response.body", "body": encode_event(event.type, event.data), "more_body": True})
-                last_write = time.monotonic()
+                await self._event(send, event)
         finally:
-            pinger.cancel()
+            watchdog.cancel()
         tail = DONE if limits.sse_done_sentinel else b""
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        await self._send(send, {"type": "http.response.body", "body": tail, "more_body": False})
+
+    async def end(self, send: Send, code: str, message: str, status: int) -> None:
+        if not self.started:
+            error = ProxyError(message, status=status, code=code)
+            await error_response(error)({"type": "http"}, _no_receive, send)
+            return
+        tail = DONE if self.runtime.settings.limits.sse_done_sentinel else b""
+        ending = await self.tracker.end(code, message)  # stored before it is sent
+        try:
+            async with asyncio.timeout(2.0):
+                for event in ending:
+                    await self._event(send, event)
+                await self._send(send, {"type": "http.response.body", "body": tail, "more_body": False})
+        except (TimeoutError, OSError):
+            pass
 
 
 class JSONResponseFromEvents(_Streamed):
     def __init__(self, runtime: Runtime, events: AsyncIterator[Event], run: Any) -> None:
-        super().__init__(runtime, events)
-        self.run = run
+        super().__init__(runtime, events, run)
 
     async def stream(self, send: Send) -> None:
         try:
-            async for _ in self.events:
-                pass
+            async for event in self.events:
+                self.tracker.saw(event)
         except ProxyError as exc:
             await error_response(exc)({"type": "http"}, _no_receive, send)
             return
@@ -248,6 +333,19 @@ class JSONResponseFromEvents(_Streamed):
             await error_response(err)({"type": "http"}, _no_receive, send)
             return
         await json_response(final.response)({"type": "http"}, _no_receive, send)
+
+    async def end(self, send: Send, code: str, message: str, status: int) -> None:
+        await self.tracker.end(code, message)
+        final = self.run.final
+        answer = (
+            json_response(final.response) if final is not None
+            else error_response(ProxyError(message, status=status, code=code))
+        )
+        try:
+            async with asyncio.timeout(2.0):
+                await answer({"type": "http"}, _no_receive, send)
+        except (TimeoutError, OSError):
+            pass
 
 
 async def _no_receive() -> Any:

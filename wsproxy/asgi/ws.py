@@ -11,7 +11,11 @@ SessionRules`; this module only moves data:
   blocks the response tasks, they stop reading their upstream (backpressure). A client that takes
   nothing for ``slow_client_timeout`` is closed with 1013;
 - at the connection age limit the client gets ``websocket_connection_limit_reached`` and a 1000
-  close; on shutdown, in-flight responses get the grace period, then a 1001 close.
+  close; on shutdown, queued responses get a 503 ``server_shutting_down`` error, running ones get
+  the grace period; those still running then end with ``response.failed``
+  (``server_shutting_down``, stored first), and the socket closes with 1001;
+- a client that leaves mid-response gets its upstream request closed at once (the response's
+  events iterator is closed) and its partial usage recorded (``wsproxy.asgi.tracking``).
 
 Close codes: 1000 normal/age limit, 1001 shutdown, 1008 policy, 1009 too big (uvicorn), 1011
 internal error, 1013 slow client.
@@ -28,6 +32,7 @@ import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from wsproxy.asgi.render import error_response, ws_error, ws_event_text
+from wsproxy.asgi.tracking import SHUTDOWN_CODE, SHUTDOWN_MESSAGE, ResponseTracker
 from wsproxy.core.request import CreateRequest, parse_create
 from wsproxy.core.session import SessionRules
 from wsproxy.errors import InvalidRequest, ProxyError
@@ -61,9 +66,11 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     await websocket.accept(subprotocol=echo)
     session = WSSession(websocket, runtime, principal)
     runtime.metrics.gauge("wsproxy_ws_connections", 1)
+    runtime.session_opened()
     try:
         await session.run()
     finally:
+        runtime.session_closed()
         runtime.metrics.gauge("wsproxy_ws_connections", -1)
 
 
@@ -81,6 +88,8 @@ class WSSession:
         self.tasks: set[asyncio.Task[None]] = set()
         self.close_code = 1000
         self.closed = False
+        # Shutting down: queued responses are refused, running ones may finish.
+        self.draining = False
         self.peer_closed = False
         self.idle = asyncio.Event()
         self.idle.set()
@@ -136,6 +145,8 @@ class WSSession:
             for task in (reader, closing, abort, *self.tasks):
                 task.cancel()
             await asyncio.gather(reader, closing, abort, *self.tasks, return_exceptions=True)
+            if writer.done() and not writer.cancelled() and writer.exception() is not None:
+                log.debug("websocket writer stopped: %r", writer.exception())  # retrieved: client gone
             if self.close_code == 1013:
                 writer.cancel()  # the client reads nothing: do not wait for it
             if not writer.done():
@@ -150,9 +161,12 @@ class WSSession:
                 except (TimeoutError, asyncio.CancelledError, Exception):
                     writer.cancel()
             if self.ws.application_state != WebSocketState.DISCONNECTED and not self.peer_closed:
+                # The close frame queues behind what the client has not read yet: a client that
+                # reads nothing more within slow_client_timeout does not hold the session.
                 try:
-                    await self.ws.close(self.close_code)
-                except (RuntimeError, OSError, WebSocketDisconnect):
+                    async with asyncio.timeout(self.limits.slow_client_timeout):
+                        await self.ws.close(self.close_code)
+                except (RuntimeError, OSError, WebSocketDisconnect, TimeoutError):
                     pass  # the peer went away while we were closing
 
     async def _age_limit(self) -> None:
@@ -166,10 +180,18 @@ class WSSession:
         self.close_code = 1000
 
     async def _shutdown(self, reader: asyncio.Task[None]) -> None:
-        """Stop taking new responses; let running ones finish within the grace period."""
+        """Stop taking new responses; refuse the queued ones; let running ones finish. When the
+        grace period is over the runtime cancels them and they end with a terminal event
+        (``respond``); this wait is only a safety bound. Then a 1001 close."""
         reader.cancel()
+        self.draining = True
+        error = ProxyError("The server is shutting down.", status=503, code=SHUTDOWN_CODE)
+        for lane, _ in self.rules.drop_queued():
+            await self._send_direct(ws_error(error, lane))
+        if self.rules.idle:
+            self.idle.set()
         try:
-            async with asyncio.timeout(self.runtime.settings.limits.shutdown_grace):
+            async with asyncio.timeout(self.limits.shutdown_grace + 10.0):
                 await self.idle.wait()
         except TimeoutError:
             pass
@@ -183,6 +205,19 @@ class WSSession:
             pass
 
     async def reader(self) -> None:
+        try:
+            await self._read()
+        except _SlowClient:
+            # Frames keep coming but the client reads none of our answers.
+            self._slow()
+
+    def _slow(self) -> None:
+        log.warning("closing slow websocket client (no progress for %ss)", self.limits.slow_client_timeout)
+        self.close_code = 1013
+        self.runtime.metrics.inc("wsproxy_slow_clients_total", transport="ws")
+        self.abort.set()
+
+    async def _read(self) -> None:
         while True:
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
@@ -225,6 +260,8 @@ class WSSession:
         self._start_ready()
 
     def _start_ready(self) -> None:
+        if self.draining:
+            return
         for lane, request in self.rules.next_ready():
             self.idle.clear()
             task = asyncio.get_running_loop().create_task(self.respond(lane, request))
@@ -235,28 +272,62 @@ class WSSession:
         runtime = self.runtime
         run = None
         ok = False
+        tracker: ResponseTracker | None = None
+        events: Any = None
+        task = asyncio.current_task()
+        assert task is not None
         runtime.response_started()
+        runtime.streaming.add(task)
         try:
             run = await runtime.engine.prepare(
                 request, self.principal, cache=lambda rid: self.rules.lookup(rid, lane)
             )
-            async for event in runtime.engine.events(run):
+            tracker = ResponseTracker(runtime, run, "ws")
+            events = runtime.engine.events(run)
+            async for event in events:
                 await self.send(ws_event_text(event, lane))
+                tracker.saw(event)
             ok = run.status == "completed"
         except ProxyError as exc:
             await self.send(ws_error(exc, lane))
         except _SlowClient:
-            log.warning("closing slow websocket client (no progress for %ss)", self.limits.slow_client_timeout)
-            self.close_code = 1013
-            runtime.metrics.inc("wsproxy_slow_clients_total")
-            self.abort.set()
+            if tracker is not None:
+                tracker.cancelled("slow_client")
+            self._slow()
+        except asyncio.CancelledError:
+            if not runtime.grace_over or self.closed:
+                if tracker is not None:
+                    tracker.cancelled("client_gone")  # the session ended under it
+                raise
+            task.uncancel()  # the shutdown grace is over: end it properly
+            await self._end(events, tracker, lane, SHUTDOWN_CODE, SHUTDOWN_MESSAGE, 503)
+        except Exception:
+            log.exception("websocket response failed unexpectedly")
+            await self._end(events, tracker, lane, "server_error", "The server failed while streaming.", 500)
         finally:
+            runtime.streaming.discard(task)
+            if events is not None:
+                await events.aclose()  # closes the upstream request (client gone, slow, ended)
             runtime.response_ended()
             self.rules.finished(lane, request, run.final if run is not None else None, ok)
             if not self.closed:
                 self._start_ready()
             if self.rules.idle:
                 self.idle.set()
+
+    async def _end(
+        self, events: Any, tracker: ResponseTracker | None, lane: str | None,
+        code: str, message: str, status: int,
+    ) -> None:
+        """End a response the engine could not: a terminal event if the client saw it start,
+        else an ``error`` event. Bounded: the client may be the reason it could not end."""
+        if events is not None:
+            await events.aclose()
+        ending = await tracker.end(code, message) if tracker is not None else []
+        if not ending and (tracker is None or not tracker.terminal):
+            await self._send_direct(ws_error(ProxyError(message, status=status, code=code), lane))
+        for event in ending:
+            await self._send_direct(ws_event_text(event, lane).encode())
 
 
 __all__ = ["websocket_endpoint", "WebSocketDisconnect"]

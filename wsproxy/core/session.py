@@ -17,6 +17,7 @@ The asyncio layer (``wsproxy.asgi.ws``) asks this object what to do and reports 
     submit(request) -> None | error       queue it on its lane
     next_ready()    -> [(lane, request)]  what may start now
     finished(lane, request, record, ok)   a response ended; updates cache and counters
+    drop_queued()   -> [(lane, request)]  shutdown: refuse what has not started
 """
 
 from __future__ import annotations
@@ -115,6 +116,15 @@ class SessionRules:
             lane.latest = None
         if lane.queue:
             self._ready[lane_id] = None
+
+    def drop_queued(self) -> list[tuple[str | None, CreateRequest]]:
+        """Remove every queued (not yet started) request, e.g. on shutdown; running ones stay."""
+        dropped = [(lane_id, request) for lane_id, lane in self.lanes.items() for request in lane.queue]
+        for lane in self.lanes.values():
+            lane.queue.clear()
+        self.queued = 0
+        self._ready.clear()
+        return dropped
 
     @property
     def idle(self) -> bool:
