@@ -58,7 +58,7 @@ def plot_latency(name: str, title: str, samples: dict[str, np.ndarray], out_dir:
     ax2.set_ylabel("fraction of deltas > x (tail)")
     ax2.axhline(0.01, color="grey", linewidth=0.6)
     ax2.axhline(0.001, color="grey", linewidth=0.6)
-    ax1.legend(fontsize=7)
+    ax1.legend(fontsize=7, loc="lower right")
     fig.suptitle(f"{name}: {title}")
     fig.tight_layout()
     path = out_dir / f"latency_{name}.png"
@@ -98,7 +98,8 @@ def plot_throughput(results: dict[str, Any], out_dir: Path) -> str | None:
         ax.set_ylabel("deltas/s delivered")
         ax.set_title(ttl)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     path = out_dir / "throughput.png"
     fig.savefig(path, dpi=110)

@@ -527,12 +527,14 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "",
         "| | baseline | after warm-up | max | end of load | idle after | slope, 2nd half |",
         "|---|---|---|---|---|---|---|",
-        f"| RSS (MiB) | {s['rss_mib']['baseline']:.1f} | {s['rss_mib']['warm']:.1f} | {s['rss_mib']['max']:.1f} | "
+        f"| RSS (MiB) | {s['rss_mib']['baseline']:.1f} | {s['rss_mib']['warm']:.1f} | "
+        f"{s['rss_mib']['max']:.1f} | "
         f"{s['rss_mib']['end_of_load']:.1f} | {s['rss_mib']['idle_after']:.1f} | "
         f"{s['rss_mib']['slope_mib_per_min_second_half']:+.2f} MiB/min |",
         f"| open fds | {s['fds']['baseline']} | | {s['fds']['max']} | | {s['fds']['idle_after']} | "
         f"{s['fds']['slope_per_min_second_half']:+.2f} /min |",
-        f"| threads | {s['threads']['baseline']} | | {s['threads']['max']} | | {s['threads']['idle_after']} | |",
+        f"| threads | {s['threads']['baseline']} | | {s['threads']['max']} | | "
+        f"{s['threads']['idle_after']} | |",
         "",
         f"After the load: {s['idle_after']['active_responses']:.0f} active responses, "
         f"{s['idle_after']['ws_connections']:.0f} WebSocket sessions.",

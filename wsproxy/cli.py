@@ -161,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     overrides = {
-        k: v for k, v in {"host": args.host, "port": args.port, "log_level": args.log_level}.items() if v is not None
+        k: v
+        for k, v in {"host": args.host, "port": args.port, "log_level": args.log_level}.items()
+        if v is not None
     }
     try:
         settings = load_settings(args.config, **overrides)

@@ -59,9 +59,14 @@ def dialect_options(settings: ProviderSettings) -> DialectOptions:
 
 def make_provider(settings: ProviderSettings, environ: Mapping[str, str]) -> Provider:
     if settings.kind == "local":
-        return LocalProvider(settings.name, token_delay=settings.token_delay, prefill_delay=settings.prefill_delay)
+        return LocalProvider(
+            settings.name, token_delay=settings.token_delay, prefill_delay=settings.prefill_delay
+        )
     return HTTPProvider(
-        settings, dialect_for(settings.kind), make_client(settings), settings.key(environ),
+        settings,
+        dialect_for(settings.kind),
+        make_client(settings),
+        settings.key(environ),
         new_client=lambda: make_client(settings),
     )
 
@@ -173,11 +178,15 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str] | None = N
     env = os.environ if environ is None else environ
     providers = {name: make_provider(p, env) for name, p in settings.providers.items()}
     s = settings.store
-    store = make_store(s.backend, path=s.path, url=s.url, ttl_seconds=s.ttl_seconds, max_records=s.max_records)
+    store = make_store(
+        s.backend, path=s.path, url=s.url, ttl_seconds=s.ttl_seconds, max_records=s.max_records
+    )
     await store.open()
     metrics = Metrics()
     router = Router(
-        {name: p.models for name, p in settings.providers.items()}, settings.aliases, settings.default_provider
+        {name: p.models for name, p in settings.providers.items()},
+        settings.aliases,
+        settings.default_provider,
     )
     engine = Engine(
         router=router,

@@ -27,8 +27,10 @@ def test_rate_limited_key_gets_429_with_retry_after(make_proxy) -> None:
     assert b.responses.create(model="local", input="x").status == "completed"
     # The WebSocket handshake is refused the same way, before the upgrade.
     with pytest.raises(InvalidStatus) as ws_info:
-        with connect(proxy.url.replace("http", "ws") + "/v1/responses",
-                     additional_headers={"Authorization": "Bearer sk-a"}):
+        with connect(
+            proxy.url.replace("http", "ws") + "/v1/responses",
+            additional_headers={"Authorization": "Bearer sk-a"},
+        ):
             pass
     assert ws_info.value.response.status_code == 429
 
@@ -41,7 +43,9 @@ def test_health_readiness_metrics(proxy) -> None:
         assert http.get("/readyz").status_code == 200
         metrics = http.get("/metrics").text
     assert 'wsproxy_responses_total{provider="local"}' in metrics
-    line = next(x for x in metrics.splitlines() if x.startswith('wsproxy_output_tokens_total{provider="local"}'))
+    line = next(
+        x for x in metrics.splitlines() if x.startswith('wsproxy_output_tokens_total{provider="local"}')
+    )
     assert float(line.split()[-1]) > 0
 
 

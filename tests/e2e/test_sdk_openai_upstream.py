@@ -44,6 +44,7 @@ def test_passthrough_websocket_continuation_store_false(proxy, fake_openai) -> N
         body: dict[str, Any] = fake.requests[n]["body"]
         # store=false upstream cannot hold the chain: the proxy expanded it.
         assert "previous_response_id" not in body
+
         def text(item: dict[str, Any]) -> str:
             content = item.get("content")
             return content if isinstance(content, str) else "".join(p.get("text", "") for p in content)

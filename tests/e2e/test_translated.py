@@ -16,9 +16,20 @@ from tests.fakes.translated_upstreams import FakeAnthropic, FakeChat
 from wsproxy.asgi.app import create_app
 from wsproxy.settings import load_settings
 
-TOOLS = [{"type": "function", "name": "get_weather", "description": "Weather for a city", "strict": True,
-          "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                         "required": ["city"], "additionalProperties": False}}]
+TOOLS = [
+    {
+        "type": "function",
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "strict": True,
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    }
+]
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +62,6 @@ def proxy(tmp_path: Path, upstreams: dict[str, Any]) -> Iterator[UvicornThread]:
         yield server
     finally:
         server.stop()
-
-
 
 
 @pytest.mark.parametrize("model", ["cc@m", "cc2@m", "claude@claude-x"])
@@ -88,9 +97,13 @@ def test_two_turn_tool_loop_over_websocket(proxy, upstreams, model: str) -> None
         arg_deltas = [e.delta for e in first if e.type == "response.function_call_arguments.delta"]
         assert "".join(arg_deltas) == calls[0].arguments
 
-        conn.response.create(model=model, tools=TOOLS, store=False, previous_response_id=done.response.id,
-                             input=[{"type": "function_call_output", "call_id": calls[0].call_id,
-                                     "output": "sunny"}])
+        conn.response.create(
+            model=model,
+            tools=TOOLS,
+            store=False,
+            previous_response_id=done.response.id,
+            input=[{"type": "function_call_output", "call_id": calls[0].call_id, "output": "sunny"}],
+        )
         second = until_terminal(conn)[-1]
         assert second.type == "response.completed", second
         assert second.response.output_text.startswith("Tool result was: sunny")
@@ -108,14 +121,24 @@ def test_fallback_from_failing_provider(proxy, upstreams) -> None:
 
 def test_anthropic_thinking_signature_round_trips(proxy, upstreams) -> None:
     c = client(proxy)
-    first = c.responses.create(model="claude@claude-x", input="think about get_weather in Paris",
-                               tools=TOOLS, reasoning={"effort": "low"}, max_output_tokens=4096)
+    first = c.responses.create(
+        model="claude@claude-x",
+        input="think about get_weather in Paris",
+        tools=TOOLS,
+        reasoning={"effort": "low"},
+        max_output_tokens=4096,
+    )
     kinds = [o.type for o in first.output]
     assert kinds[0] == "reasoning" and "function_call" in kinds
     call = next(o for o in first.output if o.type == "function_call")
-    c.responses.create(model="claude@claude-x", previous_response_id=first.id, tools=TOOLS,
-                       reasoning={"effort": "low"}, max_output_tokens=4096,
-                       input=[{"type": "function_call_output", "call_id": call.call_id, "output": "rain"}])
+    c.responses.create(
+        model="claude@claude-x",
+        previous_response_id=first.id,
+        tools=TOOLS,
+        reasoning={"effort": "low"},
+        max_output_tokens=4096,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "rain"}],
+    )
     sent = upstreams["anthropic"].requests[-1]
     assistant = next(m for m in sent["messages"] if m["role"] == "assistant")
     thinking = [b for b in assistant["content"] if b["type"] == "thinking"]

@@ -96,12 +96,26 @@ class FakeOpenAI:
         rid = f"resp_up{next(_ids):06d}"
         model = body.get("model", "fake")
         base = {
-            "id": rid, "object": "response", "created_at": int(time.time()), "status": "in_progress",
-            "model": model, "output": [], "usage": None, "error": None, "incomplete_details": None,
-            "instructions": body.get("instructions"), "previous_response_id": body.get("previous_response_id"),
-            "tools": body.get("tools", []), "tool_choice": body.get("tool_choice", "auto"),
-            "store": body.get("store", True), "parallel_tool_calls": True, "metadata": {},
-            "temperature": 1.0, "top_p": 1.0, "text": {"format": {"type": "text"}}, "truncation": "disabled",
+            "id": rid,
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "in_progress",
+            "model": model,
+            "output": [],
+            "usage": None,
+            "error": None,
+            "incomplete_details": None,
+            "instructions": body.get("instructions"),
+            "previous_response_id": body.get("previous_response_id"),
+            "tools": body.get("tools", []),
+            "tool_choice": body.get("tool_choice", "auto"),
+            "store": body.get("store", True),
+            "parallel_tool_calls": True,
+            "metadata": {},
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "text": {"format": {"type": "text"}},
+            "truncation": "disabled",
         }
         out: list[dict[str, Any]] = [
             {"type": "response.created", "response": dict(base)},
@@ -109,16 +123,41 @@ class FakeOpenAI:
         ]
         if model == "fake-tool":
             tool = (body.get("tools") or [{"name": "get_weather"}])[0]
-            item = {"id": f"fc_{rid}", "type": "function_call", "status": "in_progress",
-                    "call_id": f"call_{rid}", "name": tool.get("name"), "arguments": ""}
+            item = {
+                "id": f"fc_{rid}",
+                "type": "function_call",
+                "status": "in_progress",
+                "call_id": f"call_{rid}",
+                "name": tool.get("name"),
+                "arguments": "",
+            }
             args = '{"city": "Paris"}'
             out.append({"type": "response.output_item.added", "output_index": 0, "item": dict(item)})
-            out.append({"type": "response.function_call_arguments.delta", "item_id": item["id"],
-                        "output_index": 0, "delta": args[:8]})
-            out.append({"type": "response.function_call_arguments.delta", "item_id": item["id"],
-                        "output_index": 0, "delta": args[8:]})
-            out.append({"type": "response.function_call_arguments.done", "item_id": item["id"],
-                        "output_index": 0, "arguments": args, "name": item["name"]})
+            out.append(
+                {
+                    "type": "response.function_call_arguments.delta",
+                    "item_id": item["id"],
+                    "output_index": 0,
+                    "delta": args[:8],
+                }
+            )
+            out.append(
+                {
+                    "type": "response.function_call_arguments.delta",
+                    "item_id": item["id"],
+                    "output_index": 0,
+                    "delta": args[8:],
+                }
+            )
+            out.append(
+                {
+                    "type": "response.function_call_arguments.done",
+                    "item_id": item["id"],
+                    "output_index": 0,
+                    "arguments": args,
+                    "name": item["name"],
+                }
+            )
             done = {**item, "status": "completed", "arguments": args}
             out.append({"type": "response.output_item.done", "output_index": 0, "item": done})
             output = [done]
@@ -131,11 +170,23 @@ class FakeOpenAI:
             msg = {"id": mid, "type": "message", "status": "in_progress", "role": "assistant", "content": []}
             common = {"item_id": mid, "output_index": 0, "content_index": 0}
             out.append({"type": "response.output_item.added", "output_index": 0, "item": dict(msg)})
-            out.append({"type": "response.content_part.added", **common,
-                        "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}})
+            out.append(
+                {
+                    "type": "response.content_part.added",
+                    **common,
+                    "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []},
+                }
+            )
             for d in deltas:
-                out.append({"type": "response.output_text.delta", **common, "delta": d, "logprobs": [],
-                            "obfuscation": "xyz"})
+                out.append(
+                    {
+                        "type": "response.output_text.delta",
+                        **common,
+                        "delta": d,
+                        "logprobs": [],
+                        "obfuscation": "xyz",
+                    }
+                )
             part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
             out.append({"type": "response.output_text.done", **common, "text": text, "logprobs": []})
             out.append({"type": "response.content_part.done", **common, "part": part})
@@ -143,10 +194,19 @@ class FakeOpenAI:
             out.append({"type": "response.output_item.done", "output_index": 0, "item": done})
             output = [done]
             n_out = len(deltas)
-        final = {**base, "status": "completed", "output": output, "completed_at": int(time.time()),
-                 "usage": {"input_tokens": 7, "input_tokens_details": {"cached_tokens": 0},
-                           "output_tokens": n_out, "output_tokens_details": {"reasoning_tokens": 0},
-                           "total_tokens": 7 + n_out}}
+        final = {
+            **base,
+            "status": "completed",
+            "output": output,
+            "completed_at": int(time.time()),
+            "usage": {
+                "input_tokens": 7,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": n_out,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": 7 + n_out,
+            },
+        }
         out.append({"type": "response.completed", "response": final})
         for i, event in enumerate(out):
             event["sequence_number"] = i
@@ -173,28 +233,53 @@ class FakeOpenAI:
             if not message.get("more_body"):
                 break
         if scope["path"] != "/v1/responses" or scope["method"] != "POST":
-            await self._json(send, 404, {"error": {"message": "not found", "type": "invalid_request_error",
-                                                   "param": None, "code": None}})
+            await self._json(
+                send,
+                404,
+                {
+                    "error": {
+                        "message": "not found",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+            )
             return
         data = orjson.loads(body)
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
-        record: dict[str, Any] = {"body": data, "headers": headers, "http_version": scope["http_version"],
-                                  "client": tuple(scope.get("client") or ()),
-                                  "sent": 0, "disconnected": False, "finished": False, "time": time.monotonic()}
+        record: dict[str, Any] = {
+            "body": data,
+            "headers": headers,
+            "http_version": scope["http_version"],
+            "client": tuple(scope.get("client") or ()),
+            "sent": 0,
+            "disconnected": False,
+            "finished": False,
+            "time": time.monotonic(),
+        }
         model = str(data.get("model", "fake"))
         with self.changed:
             self.requests.append(record)
             self.changed.notify_all()
             if model.startswith("script-"):
-                queue = self.scripts.get(model[len("script-"):]) or ["fake"]
+                queue = self.scripts.get(model[len("script-") :]) or ["fake"]
                 model = queue.pop(0) if len(queue) > 1 else queue[0]
             record["played"] = model
         prev = data.get("previous_response_id")
         if prev and prev not in self.known_ids:
-            await self._json(send, 400, {"error": {"message": f"Previous response with id '{prev}' not found.",
-                                                   "type": "invalid_request_error",
-                                                   "param": "previous_response_id",
-                                                   "code": "previous_response_not_found"}})
+            await self._json(
+                send,
+                400,
+                {
+                    "error": {
+                        "message": f"Previous response with id '{prev}' not found.",
+                        "type": "invalid_request_error",
+                        "param": "previous_response_id",
+                        "code": "previous_response_not_found",
+                    }
+                },
+            )
             return
         if model.startswith("fail-"):
             parts = model.split("-")
@@ -202,11 +287,19 @@ class FakeOpenAI:
             extra = [(b"retry-after", b"0")] if status == 429 else []
             if len(parts) > 2 and parts[2].startswith("ra"):
                 extra = [(b"retry-after", parts[2][2:].encode())]
-            await self._json(send, status, {"error": {"message": f"fake failure {status}",
-                                                      "type": "server_error" if status >= 500 else
-                                                      "invalid_request_error", "param": None,
-                                                      "code": "rate_limit_exceeded" if status == 429 else None}},
-                             extra)
+            await self._json(
+                send,
+                status,
+                {
+                    "error": {
+                        "message": f"fake failure {status}",
+                        "type": "server_error" if status >= 500 else "invalid_request_error",
+                        "param": None,
+                        "code": "rate_limit_exceeded" if status == 429 else None,
+                    }
+                },
+                extra,
+            )
             return
         await self._stream(send, receive, model, data, record)
 
@@ -221,8 +314,8 @@ class FakeOpenAI:
             delta = events[at]
             # Random text: compression (permessage-deflate) must not hide the volume.
             pad = os.urandom(int(size) // 2 + 1).hex()[: int(size)]
-            flood = ({**delta, "delta": pad[i % 7:] + pad[:i % 7]} for i in range(int(n)))
-            stream = itertools.chain(events[:at], flood, events[at + 1:])
+            flood = ({**delta, "delta": pad[i % 7 :] + pad[: i % 7]} for i in range(int(n)))
+            stream = itertools.chain(events[:at], flood, events[at + 1 :])
         elif model == "order-delta-first":
             delta = next(e for e in events if e["type"] == "response.output_text.delta")
             events.insert(0, dict(delta))
@@ -273,19 +366,28 @@ class FakeOpenAI:
         for prefix in ("die-after-", "stall-after-", "garbage-after-", "badutf8-after-"):
             if model.startswith(prefix):
                 mode = prefix.split("-")[0]
-                cut = int(model[len(prefix):])
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"text/event-stream")]})
+                cut = int(model[len(prefix) :])
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
         for i, event in enumerate(events):
             if cut is not None and i == cut:
                 if mode == "die":
                     raise ConnectionResetError("fake upstream dies")
                 if mode == "garbage":
-                    await send({"type": "http.response.body", "body": b"data: {not json\n\n", "more_body": True})
+                    await send(
+                        {"type": "http.response.body", "body": b"data: {not json\n\n", "more_body": True}
+                    )
                 elif mode == "badutf8":
-                    bad = (b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
-                           b'"sequence_number":' + str(i).encode() + b',"item_id":"x","output_index":0,'
-                           b'"content_index":0,"delta":"\xff\xfe","logprobs":[]}\n\n')
+                    bad = (
+                        b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+                        b'"sequence_number":' + str(i).encode() + b',"item_id":"x","output_index":0,'
+                        b'"content_index":0,"delta":"\xff\xfe","logprobs":[]}\n\n'
+                    )
                     await send({"type": "http.response.body", "body": bad, "more_body": True})
                 await gone.wait()  # stall until the proxy hangs up
                 return
@@ -302,6 +404,11 @@ class FakeOpenAI:
         self.completed.set()
 
     async def _json(self, send: Any, status: int, payload: Any, extra: list[Any] | None = None) -> None:
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), *(extra or [])]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), *(extra or [])],
+            }
+        )
         await send({"type": "http.response.body", "body": orjson.dumps(payload)})

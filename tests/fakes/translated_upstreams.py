@@ -44,7 +44,9 @@ async def _lifespan(receive: Any, send: Any) -> None:
 
 
 async def _respond(send: Any, status: int, chunks: list[bytes], content_type: bytes) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type)]})
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", content_type)]}
+    )
     for chunk in chunks:
         await send({"type": "http.response.body", "body": chunk, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -73,17 +75,31 @@ class FakeChat:
         model = str(body.get("model"))
         if model.startswith("fail-"):
             status = int(model.split("-")[1])
-            err = {"error": {"message": f"chat failure {status}", "type": "server_error", "param": None,
-                             "code": None}}
+            err = {
+                "error": {
+                    "message": f"chat failure {status}",
+                    "type": "server_error",
+                    "param": None,
+                    "code": None,
+                }
+            }
             await _respond(send, status, [orjson.dumps(err)], b"application/json")
             return
         cid = f"chatcmpl-{next(_ids)}"
-        base = {"id": cid, "object": "chat.completion.chunk", "created": 1700000000, "model": model,
-                "system_fingerprint": None}
+        base = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": model,
+            "system_fingerprint": None,
+        }
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            payload = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                            "finish_reason": finish}], "usage": None}
+            payload = {
+                **base,
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                "usage": None,
+            }
             return b"data: " + orjson.dumps(payload) + b"\n\n"
 
         messages = body.get("messages") or []
@@ -99,8 +115,20 @@ class FakeChat:
             named = [t for t in tools if t in said]
             if named:
                 for i, name in enumerate(named):
-                    chunks.append(chunk({"tool_calls": [{"index": i, "id": f"call_{cid}_{i}", "type": "function",
-                                                         "function": {"name": name, "arguments": ""}}]}))
+                    chunks.append(
+                        chunk(
+                            {
+                                "tool_calls": [
+                                    {
+                                        "index": i,
+                                        "id": f"call_{cid}_{i}",
+                                        "type": "function",
+                                        "function": {"name": name, "arguments": ""},
+                                    }
+                                ]
+                            }
+                        )
+                    )
                     for piece in ('{"city":', ' "Paris"}'):
                         chunks.append(chunk({"tool_calls": [{"index": i, "function": {"arguments": piece}}]}))
                 finish = "tool_calls"
@@ -109,9 +137,13 @@ class FakeChat:
                     chunks.append(chunk({"content": word + " "}))
                 finish = "stop"
         chunks.append(chunk({}, finish))
-        usage = {"prompt_tokens": 11, "completion_tokens": len(chunks) - 2, "total_tokens": 11 + len(chunks) - 2,
-                 "prompt_tokens_details": {"cached_tokens": 3},
-                 "completion_tokens_details": {"reasoning_tokens": 0}}
+        usage = {
+            "prompt_tokens": 11,
+            "completion_tokens": len(chunks) - 2,
+            "total_tokens": 11 + len(chunks) - 2,
+            "prompt_tokens_details": {"cached_tokens": 3},
+            "completion_tokens_details": {"reasoning_tokens": 0},
+        }
         chunks.append(b"data: " + orjson.dumps({**base, "choices": [], "usage": usage}) + b"\n\n")
         chunks.append(b"data: [DONE]\n\n")
         await _respond(send, 200, chunks, b"text/event-stream")
@@ -135,8 +167,11 @@ class FakeAnthropic:
         if model.startswith("fail-"):
             status = int(model.split("-")[1])
             kind = {529: "overloaded_error", 429: "rate_limit_error"}.get(status, "api_error")
-            err = {"type": "error", "error": {"type": kind, "message": f"anthropic failure {status}"},
-                   "request_id": "req_1"}
+            err = {
+                "type": "error",
+                "error": {"type": kind, "message": f"anthropic failure {status}"},
+                "request_id": "req_1",
+            }
             await _respond(send, status, [orjson.dumps(err)], b"application/json")
             return
 
@@ -149,19 +184,58 @@ class FakeAnthropic:
         blocks = last.get("content") if isinstance(last.get("content"), list) else []
         results = [b for b in blocks if isinstance(b, dict) and b.get("type") == "tool_result"]
         tools = [t["name"] for t in body.get("tools") or []]
-        out = [ev({"type": "message_start", "message": {
-            "id": mid, "type": "message", "role": "assistant", "model": model, "content": [],
-            "stop_reason": None, "stop_sequence": None,
-            "usage": {"input_tokens": 20, "cache_read_input_tokens": 5, "cache_creation_input_tokens": 2,
-                      "output_tokens": 1}}}), ev({"type": "ping"})]
+        out = [
+            ev(
+                {
+                    "type": "message_start",
+                    "message": {
+                        "id": mid,
+                        "type": "message",
+                        "role": "assistant",
+                        "model": model,
+                        "content": [],
+                        "stop_reason": None,
+                        "stop_sequence": None,
+                        "usage": {
+                            "input_tokens": 20,
+                            "cache_read_input_tokens": 5,
+                            "cache_creation_input_tokens": 2,
+                            "output_tokens": 1,
+                        },
+                    },
+                }
+            ),
+            ev({"type": "ping"}),
+        ]
         index = 0
         if body.get("thinking", {}).get("type") in ("enabled", "adaptive"):
-            out.append(ev({"type": "content_block_start", "index": index,
-                           "content_block": {"type": "thinking", "thinking": "", "signature": ""}}))
-            out.append(ev({"type": "content_block_delta", "index": index,
-                           "delta": {"type": "thinking_delta", "thinking": "Let me think."}}))
-            out.append(ev({"type": "content_block_delta", "index": index,
-                           "delta": {"type": "signature_delta", "signature": f"sig-{mid}"}}))
+            out.append(
+                ev(
+                    {
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+                    }
+                )
+            )
+            out.append(
+                ev(
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "thinking_delta", "thinking": "Let me think."},
+                    }
+                )
+            )
+            out.append(
+                ev(
+                    {
+                        "type": "content_block_delta",
+                        "index": index,
+                        "delta": {"type": "signature_delta", "signature": f"sig-{mid}"},
+                    }
+                )
+            )
             out.append(ev({"type": "content_block_stop", "index": index}))
             index += 1
         said = _text(last.get("content")) if not results else ""
@@ -176,22 +250,62 @@ class FakeAnthropic:
             text = f"Claude echo: {said}"
             stop = "end_turn"
         if text:
-            out.append(ev({"type": "content_block_start", "index": index,
-                           "content_block": {"type": "text", "text": ""}}))
+            out.append(
+                ev(
+                    {
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": {"type": "text", "text": ""},
+                    }
+                )
+            )
             for word in text.split(" "):
-                out.append(ev({"type": "content_block_delta", "index": index,
-                               "delta": {"type": "text_delta", "text": word + " "}}))
+                out.append(
+                    ev(
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": "text_delta", "text": word + " "},
+                        }
+                    )
+                )
             out.append(ev({"type": "content_block_stop", "index": index}))
             index += 1
         for name in named:
-            out.append(ev({"type": "content_block_start", "index": index, "content_block": {
-                "type": "tool_use", "id": f"toolu_{mid}_{index}", "name": name, "input": {}}}))
+            out.append(
+                ev(
+                    {
+                        "type": "content_block_start",
+                        "index": index,
+                        "content_block": {
+                            "type": "tool_use",
+                            "id": f"toolu_{mid}_{index}",
+                            "name": name,
+                            "input": {},
+                        },
+                    }
+                )
+            )
             for piece in ("", '{"city": ', '"Paris"}'):
-                out.append(ev({"type": "content_block_delta", "index": index,
-                               "delta": {"type": "input_json_delta", "partial_json": piece}}))
+                out.append(
+                    ev(
+                        {
+                            "type": "content_block_delta",
+                            "index": index,
+                            "delta": {"type": "input_json_delta", "partial_json": piece},
+                        }
+                    )
+                )
             out.append(ev({"type": "content_block_stop", "index": index}))
             index += 1
-        out.append(ev({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
-                       "usage": {"output_tokens": 9}}))
+        out.append(
+            ev(
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop, "stop_sequence": None},
+                    "usage": {"output_tokens": 9},
+                }
+            )
+        )
         out.append(ev({"type": "message_stop"}))
         await _respond(send, 200, out, b"text/event-stream")

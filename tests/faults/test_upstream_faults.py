@@ -345,13 +345,17 @@ async def test_an_internal_error_mid_stream_still_ends_with_one_terminal_event(f
         out = await run(proxy, transport, "local", f"boom {transport}")
         assert out.status == 200, out.error
         terminal = out.terminal
-        assert terminal["type"] == "response.failed" and terminal["response"]["error"]["code"] == "server_error"
+        assert (
+            terminal["type"] == "response.failed" and terminal["response"]["error"]["code"] == "server_error"
+        )
         assert_contiguous(out.events)
 
     await both(check)
 
 
-async def test_more_concurrent_responses_than_one_http2_connection_carries(fault_proxy, fault_upstream) -> None:
+async def test_more_concurrent_responses_than_one_http2_connection_carries(
+    fault_proxy, fault_upstream
+) -> None:
     """hypercorn allows 100 streams per HTTP/2 connection and httpcore keeps one connection per
     origin, queueing the rest until they time out. The provider opens more connections instead."""
     fake, _ = fault_upstream

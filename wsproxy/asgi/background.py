@@ -34,6 +34,7 @@ from wsproxy.store.base import StoredResponse
 
 log = logging.getLogger("wsproxy.background")
 
+
 async def start_background(runtime: Runtime, run: ResponseRun, stream: bool) -> Response:
     """Start ``run`` detached from the client; answer once the response exists."""
     if not run.request.store:

@@ -127,10 +127,14 @@ async def idempotent(runtime: Runtime, run: Any, events: AsyncIterator[Event], k
 async def _replay_idempotent(runtime: Runtime, response_id: str, principal: str | None) -> Response:
     record = await runtime.engine.lookup(response_id, principal)
     if record is None:
-        return error_response(ProxyError(
-            "A request with this Idempotency-Key is still in progress.", status=409,
-            code="idempotency_key_in_use", type="invalid_request_error",
-        ))
+        return error_response(
+            ProxyError(
+                "A request with this Idempotency-Key is still in progress.",
+                status=409,
+                code="idempotency_key_in_use",
+                type="invalid_request_error",
+            )
+        )
     return json_response(record.response, headers={"idempotent-replayed": "true"})
 
 
@@ -338,7 +342,8 @@ class JSONResponseFromEvents(_Streamed):
         await self.tracker.end(code, message)
         final = self.run.final
         answer = (
-            json_response(final.response) if final is not None
+            json_response(final.response)
+            if final is not None
             else error_response(ProxyError(message, status=status, code=code))
         )
         try:

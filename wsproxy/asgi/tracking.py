@@ -81,8 +81,12 @@ class ResponseTracker:
         log.info(
             "response cancelled reason=%s transport=%s provider=%s response=%s events=%d "
             "partial_output_tokens~%d",
-            reason, self.transport, self.provider, (self.response or {}).get("id", self.run.response_id),
-            self.sent, self.deltas,
+            reason,
+            self.transport,
+            self.provider,
+            (self.response or {}).get("id", self.run.response_id),
+            self.sent,
+            self.deltas,
         )
 
     async def end(self, code: str, message: str) -> list[Event]:
@@ -98,8 +102,9 @@ class ResponseTracker:
         if not response.get("usage"):
             response["usage"] = usage_object()
         seq = self.last_seq + 1
-        error = Event.build({"type": "error", "sequence_number": seq, "code": code, "message": message,
-                             "param": None})
+        error = Event.build(
+            {"type": "error", "sequence_number": seq, "code": code, "message": message, "param": None}
+        )
         failed = Event.build({"type": "response.failed", "sequence_number": seq + 1, "response": response})
         if self.run is not None:
             try:

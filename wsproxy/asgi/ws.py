@@ -82,7 +82,9 @@ class WSSession:
         self.principal = principal
         self.limits = limits
         self.rules = SessionRules(
-            max_inflight=limits.ws_max_inflight, max_lanes=limits.ws_max_lanes, max_queued=limits.ws_max_queued
+            max_inflight=limits.ws_max_inflight,
+            max_lanes=limits.ws_max_lanes,
+            max_queued=limits.ws_max_queued,
         )
         self.out: asyncio.Queue[Any] = asyncio.Queue(maxsize=limits.event_queue_size)
         self.tasks: set[asyncio.Task[None]] = set()
@@ -131,7 +133,8 @@ class WSSession:
         deadline = loop.time() + self.limits.ws_connection_max_age
         try:
             done, _ = await asyncio.wait(
-                {writer, reader, closing, abort}, timeout=max(0.0, deadline - loop.time()),
+                {writer, reader, closing, abort},
+                timeout=max(0.0, deadline - loop.time()),
                 return_when=asyncio.FIRST_COMPLETED,
             )
             if not done:
@@ -226,9 +229,13 @@ class WSSession:
                 return
             text = message.get("text")
             if text is None:
-                await self.send(ws_error(InvalidRequest(
-                    "Binary frames are not supported; send JSON text frames.", code="invalid_frame"
-                )))
+                await self.send(
+                    ws_error(
+                        InvalidRequest(
+                            "Binary frames are not supported; send JSON text frames.", code="invalid_frame"
+                        )
+                    )
+                )
                 continue
             await self.handle(text)
 
@@ -316,8 +323,13 @@ class WSSession:
                 self.idle.set()
 
     async def _end(
-        self, events: Any, tracker: ResponseTracker | None, lane: str | None,
-        code: str, message: str, status: int,
+        self,
+        events: Any,
+        tracker: ResponseTracker | None,
+        lane: str | None,
+        code: str,
+        message: str,
+        status: int,
     ) -> None:
         """End a response the engine could not: a terminal event if the client saw it start,
         else an ``error`` event. Bounded: the client may be the reason it could not end."""
@@ -330,4 +342,4 @@ class WSSession:
             await self._send_direct(ws_event_text(event, lane).encode())
 
 
-__all__ = ["websocket_endpoint", "WebSocketDisconnect"]
+__all__ = ["WebSocketDisconnect", "websocket_endpoint"]

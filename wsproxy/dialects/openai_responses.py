@@ -80,8 +80,14 @@ class PassthroughTranslator:
     def __init__(self, response_id: str, model: str, created_at: int) -> None:
         # Used only if the upstream fails before sending its own response.created.
         self._response: dict[str, Any] = {
-            "id": response_id, "object": "response", "created_at": created_at,
-            "status": "in_progress", "model": model, "output": [], "usage": None, "error": None,
+            "id": response_id,
+            "object": "response",
+            "created_at": created_at,
+            "status": "in_progress",
+            "model": model,
+            "output": [],
+            "usage": None,
+            "error": None,
         }
         self._items: dict[int, dict[str, Any]] = {}
         self.seq = 0

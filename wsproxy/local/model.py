@@ -158,7 +158,9 @@ class LocalProvider:
     async def aclose(self) -> None:
         return None
 
-    async def stream(self, call: UpstreamCall, response_id: str, created_at: int) -> AsyncGenerator[Event, None]:
+    async def stream(
+        self, call: UpstreamCall, response_id: str, created_at: int
+    ) -> AsyncGenerator[Event, None]:
         builder = ResponseBuilder(response_id, call.body.get("model", call.model), created_at, call.body)
         plan = plan_reply(call)
         for event in builder.start():

@@ -84,7 +84,9 @@ def map_transport_error(exc: Exception, provider: str) -> ProxyError:
     if isinstance(exc, (httpx2.ConnectTimeout, httpx2.ReadTimeout, httpx2.WriteTimeout)):
         return UpstreamTimeout(f"Timed out talking to provider '{provider}': {type(exc).__name__}.")
     if isinstance(exc, httpx2.PoolTimeout):
-        return UpstreamUnavailable(f"Provider '{provider}' has no free connection (pool exhausted).", status=503)
+        return UpstreamUnavailable(
+            f"Provider '{provider}' has no free connection (pool exhausted).", status=503
+        )
     if isinstance(exc, (httpx2.ConnectError, ConnectionRefusedError)):
         return UpstreamUnavailable(f"Could not reach provider '{provider}': {type(exc).__name__}: {exc}.")
     if isinstance(exc, (httpx2.TransportError, OSError)):
@@ -110,8 +112,9 @@ def retry_after_seconds(headers: Mapping[str, str], now: float) -> float | None:
 
 # Streams one HTTP/2 connection carries before another is opened. httpcore keeps a single
 # connection per origin and queues requests beyond the server's SETTINGS_MAX_CONCURRENT_STREAMS
-# (100 for most servers) behind it, where they wait out first_byte_timeout.
-H2_STREAMS_PER_CONNECTION = 100
+# (100 for most servers) behind it, where they wait out first_byte_timeout. Half of that leaves
+# room for streams the server still counts while they close, and spreads a busy provider's load.
+H2_STREAMS_PER_CONNECTION = 50
 
 
 class HTTPProvider:
@@ -159,9 +162,7 @@ class HTTPProvider:
             log.info("provider=%s: opening HTTP/2 connection #%d", self.name, len(self._load))
         return client
 
-    async def _send(
-        self, req: UpstreamRequest, client: httpx2.AsyncClient | None = None
-    ) -> httpx2.Response:
+    async def _send(self, req: UpstreamRequest, client: httpx2.AsyncClient | None = None) -> httpx2.Response:
         client = client or self.client
         url = self.settings.base_url + req.path
         request = client.build_request(
@@ -222,7 +223,9 @@ class HTTPProvider:
             wait = self._retry_wait(error, attempt, deadline)
             if wait is None:
                 raise error
-            log.info("retrying provider=%s attempt=%d wait=%.2fs after %r", self.name, attempt + 1, wait, error)
+            log.info(
+                "retrying provider=%s attempt=%d wait=%.2fs after %r", self.name, attempt + 1, wait, error
+            )
             attempt += 1
             await asyncio.sleep(wait)
 
@@ -244,7 +247,9 @@ class HTTPProvider:
             raise UpstreamError(f"Provider '{self.name}' answered with a non-object.")
         return value
 
-    async def stream(self, call: UpstreamCall, response_id: str, created_at: int) -> AsyncGenerator[Event, None]:
+    async def stream(
+        self, call: UpstreamCall, response_id: str, created_at: int
+    ) -> AsyncGenerator[Event, None]:
         """Attempts with bounded retries on 429, 5xx, transport errors and timeouts, as long as
         no event was yielded; after the first event nothing is retried."""
         req = self.dialect.build_request(call)
@@ -281,7 +286,11 @@ class HTTPProvider:
             self._load[client] -= 1
 
     async def _attempt_on(
-        self, client: httpx2.AsyncClient, req: UpstreamRequest, call: UpstreamCall, response_id: str,
+        self,
+        client: httpx2.AsyncClient,
+        req: UpstreamRequest,
+        call: UpstreamCall,
+        response_id: str,
         created_at: int,
     ) -> AsyncGenerator[Event, None]:
         """Raises ``ProxyError`` only before its first event; after it, every failure ends the
