@@ -44,8 +44,10 @@ class ProviderSettings:
     idle_timeout: float = 300.0
     write_timeout: float = 30.0
     pool_timeout: float = 10.0
-    max_connections: int = 100
-    max_keepalive_connections: int = 20
+    # HTTP/1.1 carries one streaming response per connection: keep as many idle connections
+    # as may run at once, or every response past the keepalive count pays a new connection.
+    max_connections: int = 256
+    max_keepalive_connections: int = 256
     keepalive_expiry: float = 60.0
     max_retries: int = 2
     retry_max_wait: float = 8.0

@@ -366,7 +366,8 @@ async def test_more_concurrent_responses_than_one_http2_connection_carries(
     async def one(i: int) -> str:
         async with ws_connect(proxy) as ws:
             await ws.send(create("up@think-1000", f"{tag} {i}"))
-            return str((await until_outcome(ws, timeout=15))[-1]["type"])
+            last = (await until_outcome(ws, timeout=15))[-1]
+            return str(last["type"]) if last["type"] != "error" else f"error {last['error']['message']}"
 
     results = await asyncio.gather(*(one(i) for i in range(n)))
     assert results == ["response.completed"] * n
