@@ -269,7 +269,13 @@ async def test_midstream_failure_gives_one_failed_event(
         terminal = out.terminal
         assert terminal["type"] == "response.failed"
         error = terminal["response"]["error"]
-        assert error["code"] == code and message in error["message"], error
+        if model == "raw@garbage-mid" and error["code"] == "upstream_timeout":
+            # httpcore surfaces a broken HTTP/2 connection to the stream that reads the bad frame;
+            # when another stream's task read it, this stream only sees silence: the idle timeout
+            # ends it instead. Either way: one failed response, with a clear error.
+            assert "idle timeout" in error["message"], error
+        else:
+            assert error["code"] == code and message in error["message"], error
         assert out.events[0]["type"] == "response.created"
         ids = {e["response"]["id"] for e in out.events if "response" in e}
         assert len(ids) == 1, "one response, the one the client saw created"
@@ -359,19 +365,22 @@ async def test_more_concurrent_responses_than_one_http2_connection_carries(
     """hypercorn allows 100 streams per HTTP/2 connection and httpcore keeps one connection per
     origin, queueing the rest until they time out. The provider opens more connections instead."""
     fake, _ = fault_upstream
-    proxy = fault_proxy(providers={"up": {"idle_timeout": 5.0}})  # first_byte_timeout stays IDLE
+    # Each response holds its stream 3 s: without more connections, the 101st would wait that
+    # long for a stream slot, past its first_byte_timeout.
+    # (No retry: it would hide the wait behind a second attempt.)
+    proxy = fault_proxy(providers={"up": {"idle_timeout": 6.0, "first_byte_timeout": 2.0, "max_retries": 0}})
     tag = marker()
     n = 130
 
     async def one(i: int) -> str:
         async with ws_connect(proxy) as ws:
-            await ws.send(create("up@think-1000", f"{tag} {i}"))
+            await ws.send(create("up@think-3000", f"{tag} {i}"))
             last = (await until_outcome(ws, timeout=15))[-1]
             return str(last["type"]) if last["type"] != "error" else f"error {last['error']['message']}"
 
     results = await asyncio.gather(*(one(i) for i in range(n)))
     assert results == ["response.completed"] * n
     records = fake.find(tag)
-    assert len(records) == n, "no retries were needed"
+    assert len(records) == n
     assert {r["http_version"] for r in records} == {"2"}
     assert len({r["client"] for r in records}) >= 2, "a second HTTP/2 connection was opened"
