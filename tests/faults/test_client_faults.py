@@ -196,7 +196,7 @@ async def test_slow_websocket_reader_gets_backpressure_then_1013(proxy_process, 
         assert sent < FLOOD_EVENTS * 0.4, f"backpressure stopped the upstream: {sent} of {FLOOD_EVENTS} sent"
         assert proxy.rss_kib() - rss < 8 * 1024, "the proxy buffered the flood in memory"
         # Other sessions are unaffected while this one is stuck.
-        assert await quick_request_works(proxy) < 2.0
+        assert await quick_request_works(proxy) < 5.0
         # Past slow_client_timeout the proxy gives up: the upstream is closed...
         assert await wait_upstream(fake, lambda: fake.find(m)[0]["reset_by_client"], 5.0)
         # ...and once the client reads again it finds what was buffered, then a 1013 close.
@@ -234,7 +234,7 @@ async def test_slow_sse_reader_gets_backpressure_then_is_cut(proxy_process, raw_
         sent = await plateau(fake, m)
         assert sent < FLOOD_EVENTS * 0.4, f"backpressure stopped the upstream: {sent} of {FLOOD_EVENTS} sent"
         assert proxy.rss_kib() - rss < 8 * 1024, "the proxy buffered the flood in memory"
-        assert await quick_request_works(proxy) < 2.0
+        assert await quick_request_works(proxy) < 5.0
         assert await wait_upstream(fake, lambda: fake.find(m)[0]["reset_by_client"], 5.0)
         # The stream was cut: reading on finds the buffered events, then the end, no terminal event.
         received = bytearray(head)

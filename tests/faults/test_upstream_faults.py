@@ -365,16 +365,16 @@ async def test_more_concurrent_responses_than_one_http2_connection_carries(
     """hypercorn allows 100 streams per HTTP/2 connection and httpcore keeps one connection per
     origin, queueing the rest until they time out. The provider opens more connections instead."""
     fake, _ = fault_upstream
-    # Each response holds its stream 3 s: without more connections, the 101st would wait that
+    # Each response holds its stream 5 s: without more connections, the 101st would wait that
     # long for a stream slot, past its first_byte_timeout.
     # (No retry: it would hide the wait behind a second attempt.)
-    proxy = fault_proxy(providers={"up": {"idle_timeout": 6.0, "first_byte_timeout": 2.0, "max_retries": 0}})
+    proxy = fault_proxy(providers={"up": {"idle_timeout": 8.0, "first_byte_timeout": 3.0, "max_retries": 0}})
     tag = marker()
-    n = 130
+    n = 110
 
     async def one(i: int) -> str:
         async with ws_connect(proxy) as ws:
-            await ws.send(create("up@think-3000", f"{tag} {i}"))
+            await ws.send(create("up@think-5000", f"{tag} {i}"))
             last = (await until_outcome(ws, timeout=15))[-1]
             return str(last["type"]) if last["type"] != "error" else f"error {last['error']['message']}"
 
