@@ -158,7 +158,11 @@ class _Stream(AsyncNetworkStream):
 
 class AsyncioBackend(AsyncNetworkBackend):
     async def connect_tcp(
-        self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
         socket_options: Any = None,
     ) -> AsyncNetworkStream:
         loop = asyncio.get_running_loop()

@@ -4,7 +4,6 @@ httpcore2 on :class:`asyncio_backend.AsyncioBackend` instead of anyio. Python im
 ``sitecustomize`` at start-up from ``PYTHONPATH``, which the bench sets to DIR for the proxy."""
 
 import httpcore2._backends.auto as _auto
-
 from asyncio_backend import AsyncioBackend
 
 
