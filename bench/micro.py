@@ -7,7 +7,10 @@ machine, in process, without sockets (so the shared-machine noise of the end-to-
   every read in one) versus a plain ``await``;
 - the SSE decoder on one delta per chunk and on 200 deltas per chunk;
 - permessage-deflate of one delta frame (websockets' settings as uvicorn configures them);
-- the UTF-8 check of a delta payload.
+- the UTF-8 check of a delta payload;
+- httpcore2's keep-alive probe of one idle pooled connection (``has_expired`` ->
+  ``get_extra_info("is_readable")``), which its pool runs for every idle connection whenever a
+  request starts or a response ends.
 """
 
 from __future__ import annotations
@@ -56,6 +59,22 @@ async def _timers(n: int) -> dict[str, float]:
         loop.call_at(loop.time() + 300, lambda: None).cancel()
 
     out["loop.call_at() + cancel()"] = _per_call(timer, n)
+
+    from httpcore2._backends.anyio import AnyIOStream
+    from httpcore2._utils import is_socket_readable
+
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    stream = AnyIOStream(await anyio.connect_tcp("127.0.0.1", port))
+    out["httpcore2 idle-connection probe: get_extra_info('is_readable')"] = _per_call(
+        lambda: stream.get_extra_info("is_readable"), n // 5
+    )
+    sock = stream.get_extra_info("socket")
+    out["  of which the poll() itself (is_socket_readable)"] = _per_call(
+        lambda: is_socket_readable(sock), n // 5
+    )
+    await stream.aclose()
+    server.close()
     return out
 
 

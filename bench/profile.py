@@ -154,7 +154,7 @@ async def profile_target(
             "-o",
             str(raw_path),
         ],
-        out_dir / f"profile_{tag}.log",
+        lab.tmp / f"profile_{tag}.log",
         cores.harness,
     ).start()
     try:

@@ -343,8 +343,11 @@ def write_report(results: dict[str, Any], samples: dict[str, Any], out: Path, ou
         f"Linux {m['kernel']}, Python {m['python']}, nginx {m['nginx']}, "
         f"open-files limit {meta['nofile'][0]}. wsproxy under test: {meta.get('proxy_src') or m['git']}.",
         "",
-        f"Pinning: {meta['pinning']}. The machine may be shared: the `other procs` column is the CPU "
-        "that processes other than ours used during each measured window (from /proc/stat), in cores.",
+        f"Pinning: {meta['pinning']}. The machine may be shared: before each measured run the harness "
+        "waited (up to 10 s, 180 s in all) for other processes to use less than 0.25 core "
+        f"(waited {meta.get('quiet_wait_s', 0)} s in all; {meta.get('quiet_gave_up', 0)} runs started "
+        "without a quiet machine), and the `other procs` column is the CPU that processes other than "
+        "ours used during each measured window (from /proc/stat), in cores.",
         "",
         "How to read: every figure is the median over repetitions. *Added* = target minus the direct "
         "baseline "

@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         "pinning": cores.describe(),
         "nofile": [soft, hard],
         "proxy_src": proxy_desc,
+        "quiet_wait_s": round(lab.quiet.waited, 1),
+        "quiet_gave_up": lab.quiet.gave_up,
     }
     from bench.report import write_report
 

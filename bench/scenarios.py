@@ -207,6 +207,10 @@ async def run_load_scenario(
         order = keys[rep % len(keys) :] + keys[: rep % len(keys)]  # rotate: no target always goes first
         for key in order:
             target = TARGETS[key]
+            progress.stage = (
+                f"{sc.name} rep {rep + 1}/{sc.reps}: {target.label} (waiting for a quiet machine)"
+            )
+            await lab.quiet.wait(lab.pids())
             progress.stage = f"{sc.name} rep {rep + 1}/{sc.reps}: {target.label}"
             lab.upstream_stats(reset=True)
             result = await run_load(

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import orjson
 
-from bench.common import REPO_DIR, Child, Cores, free_port, wait_for_port
+from bench.common import REPO_DIR, Child, Cores, QuietGate, free_port, wait_for_port
 
 
 @dataclass(frozen=True)
@@ -182,6 +182,11 @@ class Lab:
         self.nginx: Child | None = None
         self.nginx_bin = find_nginx() if use_nginx else None
         self.broken: dict[str, str] = {}  # target -> why its preflight failed
+        self.quiet = QuietGate()
+
+    def pids(self) -> list[int]:
+        """Our server processes (their CPU is not 'other processes')."""
+        return [c.pid for c in (self.upstream, self.proxy, self.nginx) if c is not None and c.alive()]
 
     # -- processes ------------------------------------------------------------------------------
 
