@@ -233,3 +233,88 @@ def test_decoding_does_not_depend_on_chunking(pieces: list[bytes], cuts: list[in
     whole = decode([raw])
     assert decode(split_at(raw, cuts)) == whole
     assert decode(bytewise(raw)) == whole
+
+
+# -- LF-only fast path against the general decoder ----------------------------------------------------
+
+
+def run(feed_name: str, chunks: list[bytes], max_line: int) -> list[list[SSEMessage]] | type[SSEError]:
+    """Decode with one entry point: ``feed`` (fast path when it may) or ``_feed_any`` (general
+    decoder only). The messages of each call are kept apart, so a message dispatched one chunk
+    early shows; a refused line yields ``SSEError`` so both outcomes can be compared."""
+    dec = SSEDecoder(max_line=max_line)
+    feed = getattr(dec, feed_name)
+    try:
+        return [feed(chunk) for chunk in chunks] + [dec.flush()]
+    except SSEError:
+        return SSEError
+
+
+def split_sizes(data: bytes, sizes: list[int]) -> list[bytes]:
+    """Chunks of the given sizes in turn (cycled), so short chunks land anywhere in the stream."""
+    chunks, start, i = [], 0, 0
+    while start < len(data) and sizes:
+        chunks.append(data[start : start + sizes[i % len(sizes)]])
+        start += sizes[i % len(sizes)]
+        i += 1
+    chunks.append(data[start:])
+    return chunks
+
+
+chunk_sizes = st.lists(st.integers(1, 24), min_size=1, max_size=12)
+
+line_pieces = st.sampled_from(
+    [b"data", b"data:", b"data: ", b"event:", b"event: ", b"id: 1", b"retry", b":", b" ", b"x", b"yz",
+     b"\xc3\xa9", b"e"]
+)  # fmt: skip
+# LF-only streams as lines (blank ones included), so that line lengths sit around the bounds drawn.
+lf_streams = st.tuples(
+    st.lists(st.lists(line_pieces, max_size=6).map(b"".join), max_size=24), st.booleans()
+).map(lambda t: b"\n".join(t[0]) + (b"\n" if t[1] else b""))
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=lf_streams, sizes=chunk_sizes, max_line=st.integers(1, 30) | st.just(1 << 20))
+def test_fast_path_matches_general_decoder_on_lf_input(raw: bytes, sizes: list[int], max_line: int) -> None:
+    """Same messages, and the same lines refused by ``max_line``, whatever the chunking."""
+    assert b"\r" not in raw  # every feed() below takes the fast path
+    chunks = split_sizes(raw, sizes)
+    general = run("_feed_any", chunks, max_line)
+    assert run("feed", chunks, max_line) == general
+    assert run("_feed_lf", chunks, max_line) == general
+    assert run("feed", bytewise(raw), max_line) == run("_feed_any", bytewise(raw), max_line)
+
+
+# Chunks of a few pieces each: many hold no CR (fast path), some end in a CR (pending).
+mixed_pieces = st.sampled_from([b"data: a", b"data", b"event: e", b":", b"x", b"\r", b"\n", b"\r\n"])
+mixed_chunks = st.lists(st.lists(mixed_pieces, max_size=4).map(b"".join), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunks=mixed_chunks, max_line=st.sampled_from([4, 8, 16, 1 << 20]))
+def test_cr_input_falls_back_to_the_general_decoder(chunks: list[bytes], max_line: int) -> None:
+    """Chunks with and without CR interleave: ``feed`` switches paths chunk by chunk (and stays on
+    the general one while a CR at a chunk end waits for a possible LF) without changing the result."""
+    assert run("feed", chunks, max_line) == run("_feed_any", chunks, max_line)
+
+
+def test_pending_cr_routes_an_lf_only_chunk_to_the_general_decoder() -> None:
+    dec = SSEDecoder()
+    assert dec.feed(b"data: a\r") == []
+    # LF-only chunk, but it completes the CRLF above: a second line end here would be a blank line
+    # and dispatch early.
+    assert dec.feed(b"\ndata: b\n") == []
+    assert dec.feed(b"\n") == [SSEMessage(None, b"a\nb")]
+
+
+def test_fast_path_bound_counts_the_pending_partial_line() -> None:
+    dec = SSEDecoder(max_line=16)
+    assert dec.feed(b"data: 0123456") == []  # 13 bytes pending
+    with pytest.raises(SSEError):
+        dec.feed(b"789ABCDEF\n\n")  # completes a 22-byte line with a short chunk
+
+
+def test_fast_path_line_of_exactly_max_line_is_accepted() -> None:
+    dec = SSEDecoder(max_line=16)
+    assert dec.feed(b"data: 01234") == []
+    assert dec.feed(b"56789\n\n") == [SSEMessage(None, b"0123456789")]

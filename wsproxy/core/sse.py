@@ -5,6 +5,10 @@ complete messages. It never decodes the ``data`` payload: the OpenAI-native path
 bytes. Lines may end in ``\\n``, ``\\r\\n`` or ``\\r``; comments (``:``) are dropped; multiple
 ``data:`` lines are joined with ``\\n``. The buffer is bounded: a line longer than ``max_line``
 raises ``SSEError`` instead of growing memory without end.
+
+Chunks without any CR (every upstream we know ends lines with LF) take a fast path that splits
+lines in C; the general decoder handles CR and CRLF. Both give the same messages and refuse the
+same lines.
 """
 
 from __future__ import annotations
@@ -33,6 +37,55 @@ class SSEDecoder:
         self._pending_cr = False
 
     def feed(self, chunk: bytes) -> list[SSEMessage]:
+        if not self._pending_cr and b"\r" not in chunk:
+            return self._feed_lf(chunk)
+        return self._feed_any(chunk)
+
+    def _feed_lf(self, chunk: bytes) -> list[SSEMessage]:
+        """Fast path, no CR anywhere (every upstream we know ends lines with LF): complete lines are
+        split in C and the common fields handled inline, without a method call per line."""
+        out: list[SSEMessage] = []
+        buf = self._buf
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            buf += chunk
+            if len(buf) > self._max_line:
+                raise SSEError(f"SSE line longer than {self._max_line} bytes")
+            return out
+        # No line is longer than the pending partial line plus the chunk up to its last LF: only
+        # when that exceeds the bound are the lines measured one by one.
+        longest = len(buf) + end
+        if buf:
+            buf += chunk[: end + 1]
+            lines = bytes(buf).split(b"\n")
+            buf.clear()
+        else:
+            lines = chunk[: end + 1].split(b"\n")
+        lines.pop()  # the empty tail after the last LF
+        if longest > self._max_line and max(map(len, lines)) > self._max_line:
+            raise SSEError(f"SSE line longer than {self._max_line} bytes")
+        data = self._data
+        for line in lines:
+            if not line:
+                if data:
+                    out.append(SSEMessage(self._event, data[0] if len(data) == 1 else b"\n".join(data)))
+                    data = self._data = []
+                self._event = None
+            elif line.startswith(b"data:"):
+                data.append(line[6:] if line[5:6] == b" " else line[5:])
+            elif line.startswith(b"event:"):
+                self._event = (line[7:] if line[6:7] == b" " else line[6:]).decode("utf-8", "replace")
+            elif line[0] != 0x3A:  # id, retry, unknown fields; ':' comments are dropped
+                self._line(line, out)
+                data = self._data
+        rest = chunk[end + 1 :]
+        if rest:
+            buf += rest
+            if len(buf) > self._max_line:
+                raise SSEError(f"SSE line longer than {self._max_line} bytes")
+        return out
+
+    def _feed_any(self, chunk: bytes) -> list[SSEMessage]:
         out: list[SSEMessage] = []
         if not chunk:
             return out
