@@ -27,7 +27,7 @@ from wsproxy.settings import ProviderSettings, Settings
 from wsproxy.store.base import ResponseStore
 from wsproxy.store.factory import make_store
 from wsproxy.upstream.base import Provider
-from wsproxy.upstream.http import HTTPProvider, make_client
+from wsproxy.upstream.http import HTTPProvider
 
 log = logging.getLogger("wsproxy")
 
@@ -62,13 +62,7 @@ def make_provider(settings: ProviderSettings, environ: Mapping[str, str]) -> Pro
         return LocalProvider(
             settings.name, token_delay=settings.token_delay, prefill_delay=settings.prefill_delay
         )
-    return HTTPProvider(
-        settings,
-        dialect_for(settings.kind),
-        make_client(settings),
-        settings.key(environ),
-        new_client=lambda: make_client(settings),
-    )
+    return HTTPProvider(settings, dialect_for(settings.kind), settings.key(environ))
 
 
 @dataclass

@@ -13,6 +13,7 @@ It speaks HTTP/2 with prior knowledge (h2c, via the ``h2`` state machine) and pl
     reset-mid          3 events, then a TCP RST (SO_LINGER 0) on the connection
     stall-mid          3 events, then silence until the client resets the stream
     slow-<ms>          the normal answer with <ms> between events
+    think-<ms>         (HTTP/2) created + in_progress, then <ms> of silence, then the answer
     flood-<n>-<size>   (HTTP/1.1) n deltas of <size> bytes, each written after the previous one
                        drained: a client that stops reading blocks it (``sent`` stops growing)
 
@@ -33,6 +34,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
+import h2.settings
 import orjson
 from h2.errors import ErrorCodes
 
@@ -208,6 +210,10 @@ class H2Handler:
             self.writer.write(data)
 
     async def run(self, preface: bytes) -> None:
+        # Like most servers: at most 100 concurrent streams per connection.
+        self.conn.local_settings = h2.settings.Settings(
+            client=False, initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 100}
+        )
         self.conn.initiate_connection()
         self.flush()
         pending = preface
@@ -265,6 +271,7 @@ class H2Handler:
             self.writer.close()
             return
         delay = int(model.split("-")[1]) / 1000 if model.startswith("slow-") else 0.0
+        think = int(model.split("-")[1]) / 1000 if model.startswith("think-") else 0.0
         events = self.server.events_source.events(record["body"])
         self.conn.send_headers(sid, [(b":status", b"200"), (b"content-type", b"text/event-stream")])
         self.flush()
@@ -278,6 +285,8 @@ class H2Handler:
             self.server.touch(record, sent=record["sent"] + 1)
             if delay:
                 await asyncio.sleep(delay)
+            if think and event["type"] == "response.in_progress":
+                await asyncio.sleep(think)
         self.conn.end_stream(sid)
         self.flush()
         self.server.touch(record, finished=True)

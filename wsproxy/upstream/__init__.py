@@ -1,4 +1,4 @@
-"""Upstream providers: the only package that imports httpx2.
+"""Upstream providers, and the connections they speak over (``pool``, ``h1``, ``h2``).
 
 A provider turns an :class:`~wsproxy.dialects.base.UpstreamCall` into an async iterator of
 Responses events. Errors raised before the first event are :class:`~wsproxy.errors.ProxyError`
