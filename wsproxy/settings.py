@@ -86,6 +86,11 @@ class LimitSettings:
     # Responses queued on one socket beyond the in-flight ones; more is a client bug or a flood.
     ws_max_queued: int = 256
     ws_connection_max_age: float = 3600.0
+    # permessage-deflate for WebSocket mode when the client offers it (windows and memLevel in
+    # wsproxy.cli). Deltas are ~200-byte JSON frames that compress to about a tenth, for a few us
+    # of CPU each; the zlib streams (~26 KB per session) are created with the first compressed
+    # message. Clients work without it.
+    ws_compression: bool = True
     ws_ping_interval: float = 20.0
     ws_ping_timeout: float = 20.0
     # Events buffered between the upstream reader and a client writer (backpressure bound).

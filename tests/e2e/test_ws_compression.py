@@ -1,0 +1,228 @@
+"""permessage-deflate in WebSocket mode, on the uvicorn configuration ``wsproxy serve`` runs
+(``cli.build_config``): negotiated with the ``websockets`` client library (which the openai SDK
+uses), zlib streams created only on first use, and ``limits.ws_compression = false``."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from websockets import frames
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory, PerMessageDeflate
+from websockets.sync.client import connect
+
+from tests.conftest import proxy_settings
+from tests.e2e.sdk import client
+from tests.fakes.servers import free_port
+from wsproxy import cli
+from wsproxy.asgi.app import create_app
+
+TERMINAL = ("response.completed", "response.failed", "response.incomplete", "error")
+
+
+class CliServer:
+    """wsproxy on ``cli.build_config`` (the protocol classes ``wsproxy serve`` uses), in a thread."""
+
+    def __init__(self, tmp_path: Path, **limits: Any) -> None:
+        settings = proxy_settings(tmp_path)
+        settings = settings.replace(
+            port=free_port(), log_level="warning", limits=dataclasses.replace(settings.limits, **limits)
+        )
+        self.port = settings.port
+        self.config = cli.build_config(settings, app=create_app(settings, environ={}))
+        self.server = uvicorn.Server(self.config)
+        # uvicorn installs no signal handlers outside the main thread.
+        self.thread = threading.Thread(target=self.server.run, daemon=True, name=f"wsproxy-{self.port}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ws_sessions(self) -> list[cli.LeanWebSocketProtocol]:
+        connections = list(self.server.server_state.connections)
+        return [c for c in connections if isinstance(c, cli.LeanWebSocketProtocol)]
+
+    def start(self) -> CliServer:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+@pytest.fixture
+def make_cli_proxy(tmp_path: Path) -> Iterator[Any]:
+    servers: list[CliServer] = []
+
+    def start(**limits: Any) -> CliServer:
+        server = CliServer(tmp_path, **limits).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def one_session(server: CliServer, timeout: float = 5.0) -> cli.LeanWebSocketProtocol:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        sessions = [s for s in server.ws_sessions() if s.handshake_complete]
+        if len(sessions) == 1:
+            return sessions[0]
+        time.sleep(0.01)
+    raise AssertionError(f"expected one WebSocket session, found {len(server.ws_sessions())}")
+
+
+def run_response(ws: Any, **fields: Any) -> list[dict[str, Any]]:
+    ws.send(json.dumps({"type": "response.create", "model": "local", **fields}))
+    events = []
+    for _ in range(2000):
+        event = json.loads(ws.recv(timeout=10))
+        events.append(event)
+        if event["type"] in TERMINAL:
+            return events
+    raise AssertionError("no terminal event")
+
+
+def test_websockets_client_negotiates_the_lean_deflate_and_streams(make_cli_proxy: Any) -> None:
+    server = make_cli_proxy()
+    url = f"ws://127.0.0.1:{server.port}/v1/responses"
+    with connect(url, compression="deflate", open_timeout=5) as ws:
+        (ext,) = ws.protocol.extensions
+        assert isinstance(ext, PerMessageDeflate)
+        # The server's window, as the client was told to expect it, and the client's.
+        assert ext.remote_max_window_bits == cli.DEFLATE_SERVER_WINDOW_BITS
+        assert ext.local_max_window_bits == cli.DEFLATE_CLIENT_WINDOW_BITS
+
+        (server_ext,) = one_session(server).conn.extensions
+        assert isinstance(server_ext, cli.LazyPerMessageDeflate)
+        # An idle session holds no zlib stream yet.
+        assert "encoder" not in vars(server_ext)
+        assert "decoder" not in vars(server_ext)
+
+        first = run_response(ws, input="first turn, compressed", store=False)
+        assert first[0]["type"] == "response.created"
+        assert first[-1]["type"] == "response.completed"
+        assert [e["sequence_number"] for e in first] == list(range(len(first)))
+        # Both directions went through zlib: the client compressed its request, the server its events.
+        assert "encoder" in vars(server_ext)
+        assert "decoder" in vars(server_ext)
+
+        # Context takeover across messages: later frames refer back to earlier ones.
+        rid = first[-1]["response"]["id"]
+        second = run_response(ws, input="second turn", store=False, previous_response_id=rid)
+        assert second[-1]["type"] == "response.completed"
+        assert second[-1]["response"]["previous_response_id"] == rid
+        usage = [turn[-1]["response"]["usage"]["input_tokens"] for turn in (first, second)]
+        assert usage[1] > usage[0]
+
+
+def test_openai_sdk_with_deflate_offered(make_cli_proxy: Any) -> None:
+    # The SDK leaves compression off unless given a max_size; then the websockets default
+    # (deflate) applies.
+    server = make_cli_proxy()
+    options = {"max_size": 16 * 1024 * 1024, "compression": "deflate"}
+    with client(server).responses.connect(websocket_connection_options=options) as conn:  # type: ignore[arg-type]
+        (server_ext,) = one_session(server).conn.extensions
+        assert isinstance(server_ext, cli.LazyPerMessageDeflate)
+        for turn in range(3):
+            conn.response.create(model="local", input=f"turn {turn}", store=False)
+            events = []
+            for _ in range(2000):
+                event = conn.recv()
+                events.append(event)
+                if event.type in TERMINAL:
+                    break
+            assert events[0].type == "response.created"
+            assert events[-1].type == "response.completed"
+        assert "encoder" in vars(server_ext)
+
+
+def test_compression_off_negotiates_nothing(make_cli_proxy: Any) -> None:
+    server = make_cli_proxy(ws_compression=False)
+    url = f"ws://127.0.0.1:{server.port}/v1/responses"
+    with connect(url, compression="deflate", open_timeout=5) as ws:
+        assert ws.protocol.extensions == []
+        assert one_session(server).conn.extensions == []
+        assert run_response(ws, input="uncompressed", store=False)[-1]["type"] == "response.completed"
+
+
+# -- the extension on its own, against websockets' client side ----------------------------------------
+
+
+def negotiate(**client_options: Any) -> tuple[PerMessageDeflate, PerMessageDeflate]:
+    factory = ClientPerMessageDeflateFactory(**client_options)
+    response, server_ext = cli.LEAN_DEFLATE.process_request_params(factory.get_request_params(), [])
+    client_ext = factory.process_response_params(response, [])
+    assert isinstance(server_ext, cli.LazyPerMessageDeflate)
+    return client_ext, server_ext
+
+
+def deltas(n: int) -> list[bytes]:
+    return [
+        b'{"type":"response.output_text.delta","sequence_number":%d,"item_id":"msg_1","output_index":0,'
+        b'"content_index":0,"delta":" word %d","logprobs":[]}' % (i, i)
+        for i in range(n)
+    ]
+
+
+def test_lazy_extension_round_trips_with_context_takeover() -> None:
+    client_ext, server_ext = negotiate()
+    assert not server_ext.local_no_context_takeover
+    assert "encoder" not in vars(server_ext) and "decoder" not in vars(server_ext)
+    raw = sent = 0
+    for data in deltas(50):
+        wire = server_ext.encode(frames.Frame(frames.OP_TEXT, data))
+        assert wire.rsv1  # compressed
+        assert client_ext.decode(wire).data == data
+        raw += len(data)
+        sent += len(wire.data)
+    assert sent < raw / 4  # later frames reuse the earlier ones' bytes
+    assert "decoder" not in vars(server_ext)  # nothing received yet
+    # A fragmented message from the client: the first frame and a continuation.
+    first = client_ext.encode(frames.Frame(frames.OP_TEXT, b'{"type":"response.create",', fin=False))
+    cont = client_ext.encode(frames.Frame(frames.OP_CONT, b'"model":"local"}'))
+    joined = bytes(server_ext.decode(first).data) + bytes(server_ext.decode(cont).data)
+    assert joined == b'{"type":"response.create","model":"local"}'
+    assert "decoder" in vars(server_ext)
+
+
+def test_lazy_extension_without_context_takeover_keeps_nothing_between_messages() -> None:
+    client_ext, server_ext = negotiate(server_no_context_takeover=True, client_no_context_takeover=True)
+    assert server_ext.local_no_context_takeover and server_ext.remote_no_context_takeover
+    for data in deltas(5):
+        assert client_ext.decode(server_ext.encode(frames.Frame(frames.OP_TEXT, data))).data == data
+        assert server_ext.decode(client_ext.encode(frames.Frame(frames.OP_TEXT, data))).data == data
+        assert "encoder" not in vars(server_ext) and "decoder" not in vars(server_ext)
+
+
+def test_lazy_extension_missing_attributes_still_raise() -> None:
+    _, server_ext = negotiate()
+    with pytest.raises(AttributeError):
+        _ = server_ext.no_such_attribute  # type: ignore[attr-defined]
+
+
+def test_ws_compression_setting_reaches_uvicorn() -> None:
+    from wsproxy.settings import load_settings
+
+    on = load_settings(None, environ={})
+    off = load_settings(None, environ={"WSPROXY_LIMITS_WS_COMPRESSION": "false"})
+    assert on.limits.ws_compression is True
+    assert off.limits.ws_compression is False
+    assert cli.build_config(on, app=object()).ws_per_message_deflate is True
+    assert cli.build_config(off, app=object()).ws_per_message_deflate is False
+    assert cli.build_config(on, app=object()).ws is cli.LeanWebSocketProtocol
