@@ -22,6 +22,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.extensions.permessage_deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
+from websockets.frames import OP_BINARY, OP_TEXT, Frame
 from websockets.typing import ExtensionParameter
 
 from wsproxy import __version__
@@ -127,6 +128,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 DEFLATE_SERVER_WINDOW_BITS = 10
 DEFLATE_CLIENT_WINDOW_BITS = 12
 DEFLATE_MEM_LEVEL = 3
+_DATA_OPCODES = (OP_TEXT, OP_BINARY)
 
 
 class LazyPerMessageDeflate(PerMessageDeflate):
@@ -134,7 +136,8 @@ class LazyPerMessageDeflate(PerMessageDeflate):
     has not yet sent (or received) a compressed message holds no compressor (or decompressor).
     The negotiated parameters and the codec are websockets' own."""
 
-    def __init__(self, negotiated: PerMessageDeflate) -> None:
+    def __init__(self, negotiated: PerMessageDeflate, min_bytes: int = 0) -> None:
+        self.min_bytes = min_bytes
         # Built as if without context takeover, so the base class allocates no zlib stream ...
         super().__init__(
             True,
@@ -146,6 +149,13 @@ class LazyPerMessageDeflate(PerMessageDeflate):
         # ... then given the negotiated behaviour.
         self.remote_no_context_takeover = negotiated.remote_no_context_takeover
         self.local_no_context_takeover = negotiated.local_no_context_takeover
+
+    def encode(self, frame: Frame) -> Frame:
+        # A short message goes out as it is (RSV1 clear): RFC 7692 lets the sender choose per
+        # message, and the peer's decompressor never sees it, so both windows stay in step.
+        if frame.fin and frame.opcode in _DATA_OPCODES and len(frame.data) < self.min_bytes:
+            return frame
+        return super().encode(frame)
 
     def __getattr__(self, name: str) -> Any:
         # Only called for a missing attribute: the first frame in each direction.
@@ -162,18 +172,27 @@ class LeanDeflateFactory(ServerPerMessageDeflateFactory):
     """Negotiates like websockets' factory, then hands out a :class:`LazyPerMessageDeflate`. (The
     negotiated extension websockets builds is dropped at once, with its zlib streams.)"""
 
+    min_bytes = 0  # messages shorter than this are sent uncompressed
+
     def process_request_params(
         self, params: Sequence[ExtensionParameter], accepted_extensions: Sequence[Any]
     ) -> tuple[list[ExtensionParameter], PerMessageDeflate]:
         response, negotiated = super().process_request_params(params, accepted_extensions)
-        return response, LazyPerMessageDeflate(negotiated)
+        return response, LazyPerMessageDeflate(negotiated, self.min_bytes)
 
 
-LEAN_DEFLATE = LeanDeflateFactory(
-    server_max_window_bits=DEFLATE_SERVER_WINDOW_BITS,
-    client_max_window_bits=DEFLATE_CLIENT_WINDOW_BITS,
-    compress_settings={"memLevel": DEFLATE_MEM_LEVEL},
-)
+def deflate_factory(min_bytes: int) -> LeanDeflateFactory:
+    factory = LeanDeflateFactory(
+        server_max_window_bits=DEFLATE_SERVER_WINDOW_BITS,
+        client_max_window_bits=DEFLATE_CLIENT_WINDOW_BITS,
+        compress_settings={"memLevel": DEFLATE_MEM_LEVEL},
+    )
+    factory.min_bytes = min_bytes
+    return factory
+
+
+# What a protocol built outside ``build_config`` offers: compress every message.
+LEAN_DEFLATE = deflate_factory(0)
 
 
 class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -183,7 +202,7 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.config.ws_per_message_deflate:
-            self.conn.available_extensions = [LEAN_DEFLATE]
+            self.conn.available_extensions = [getattr(self.config, "wsproxy_deflate", LEAN_DEFLATE)]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -205,7 +224,7 @@ def build_config(settings: Settings, app: Any = None) -> uvicorn.Config:
 
         app = create_app(settings)
     limits = settings.limits
-    return uvicorn.Config(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -222,6 +241,9 @@ def build_config(settings: Settings, app: Any = None) -> uvicorn.Config:
         timeout_graceful_shutdown=int(limits.shutdown_grace) + 5,
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
     )
+    # Read by LeanWebSocketProtocol (uvicorn builds protocols from the config alone).
+    config.wsproxy_deflate = deflate_factory(limits.ws_compression_min_bytes)  # type: ignore[attr-defined]
+    return config
 
 
 def serve(settings: Settings) -> None:

@@ -226,3 +226,36 @@ def test_ws_compression_setting_reaches_uvicorn() -> None:
     assert cli.build_config(on, app=object()).ws_per_message_deflate is True
     assert cli.build_config(off, app=object()).ws_per_message_deflate is False
     assert cli.build_config(on, app=object()).ws is cli.LeanWebSocketProtocol
+
+
+def test_short_messages_go_out_uncompressed_and_both_windows_stay_in_step() -> None:
+    factory = cli.deflate_factory(min_bytes=300)
+    client_factory = ClientPerMessageDeflateFactory()
+    response, server_ext = factory.process_request_params(client_factory.get_request_params(), [])
+    client_ext = client_factory.process_response_params(response, [])
+    assert isinstance(server_ext, cli.LazyPerMessageDeflate)
+    big = b'{"type":"response.completed","response":{"output":[%s]}}' % b",".join(deltas(8))
+    messages = [*deltas(3), big, *deltas(3), big, big]
+    for data in messages:
+        wire = server_ext.encode(frames.Frame(frames.OP_TEXT, data))
+        # Short ones as they are (RSV1 clear), long ones compressed: the sender's choice per message.
+        assert wire.rsv1 is (len(data) >= 300)
+        assert (wire.data == data) is (len(data) < 300)
+        assert client_ext.decode(wire).data == data
+    # The compressor exists once something was worth compressing, and only then.
+    assert "encoder" in vars(server_ext)
+    small_only = cli.deflate_factory(min_bytes=300).process_request_params(
+        ClientPerMessageDeflateFactory().get_request_params(), []
+    )[1]
+    for data in deltas(5):
+        small_only.encode(frames.Frame(frames.OP_TEXT, data))
+    assert "encoder" not in vars(small_only)
+
+
+def test_compression_threshold_setting_reaches_the_factory() -> None:
+    from wsproxy.settings import load_settings
+
+    default = load_settings(None, environ={})
+    everything = load_settings(None, environ={"WSPROXY_LIMITS_WS_COMPRESSION_MIN_BYTES": "0"})
+    assert cli.build_config(default, app=object()).wsproxy_deflate.min_bytes == 1024  # type: ignore[attr-defined]
+    assert cli.build_config(everything, app=object()).wsproxy_deflate.min_bytes == 0  # type: ignore[attr-defined]
