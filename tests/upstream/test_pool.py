@@ -761,6 +761,30 @@ async def test_h2_close_before_the_body_was_read_still_cancels(
 
 
 @bounded(10)
+async def test_h2_goaway_sends_new_requests_to_a_new_connection(
+    server: ScriptedServer, make_pool: MakePool
+) -> None:
+    async def handler(request: Request, reply: Reply) -> None:
+        assert isinstance(reply, H2Reply)
+        await reply.respond(200, [], [request.route.encode()])
+        if request.route == "/a":
+            reply.goaway(last_stream_id=reply.sid)  # NO_ERROR: /a was processed, no new streams
+
+    server.handler = handler
+    pool = make_pool(server.url, "2")
+    _, data = await fetch(pool, "/a")
+    assert data == b"/a"
+    await asyncio.sleep(0.1)  # the GOAWAY reached the client
+    for path in ("/b", "/c"):
+        _, data = await fetch(pool, path)
+        assert data == path.encode()
+        assert conn_of(server, path) == 2
+    assert server.conns[0].streams_after_goaway == 0
+    async with asyncio.timeout(2):
+        await server.conns[0].client_gone.wait()  # the client let the old connection go
+
+
+@bounded(10)
 async def test_h2_goaway_with_error_fails_open_streams(server: ScriptedServer, make_pool: MakePool) -> None:
     async def handler(request: Request, reply: Reply) -> None:
         assert isinstance(reply, H2Reply)
