@@ -21,6 +21,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
+from h2.connection import ConnectionState
 from h2.errors import ErrorCodes
 
 from wsproxy.errors import ProxyError, UpstreamUnavailable
@@ -177,11 +178,17 @@ class H2Connection(asyncio.Protocol):
             stream = self._streams.pop(event.stream_id or 0, None)
             if stream is not None:
                 code = event.error_code
-                name = code.name if isinstance(code, ErrorCodes) else str(code)
-                self._fail(
-                    stream,
-                    UpstreamUnavailable(f"The stream from provider '{self._name}' was reset ({name})."),
-                )
+                if code == ErrorCodes.REFUSED_STREAM and not stream.head.done():
+                    # Never processed (RFC 9113 8.7), e.g. opened before the server's SETTINGS
+                    # told its stream limit: the pool sends it again.
+                    stream.head.set_exception(StaleConnection())
+                    stream.head.exception()
+                else:
+                    name = code.name if isinstance(code, ErrorCodes) else str(code)
+                    error = UpstreamUnavailable(
+                        f"The stream from provider '{self._name}' was reset ({name})."
+                    )
+                    self._fail(stream, error)
                 self._on_free(self)
         elif isinstance(event, h2.events.WindowUpdated):
             self._wake_senders(event.stream_id)
@@ -214,13 +221,19 @@ class H2Connection(asyncio.Protocol):
         name = code.name if isinstance(code, ErrorCodes) else str(code)
         for sid in [sid for sid in self._streams if sid > last]:
             stream = self._streams.pop(sid)
-            self._fail(
-                stream,
-                UpstreamUnavailable(
-                    f"The connection to provider '{self._name}' is going away (GOAWAY {name})."
-                ),
-            )
-        if event.error_code != ErrorCodes.NO_ERROR:
+            if not stream.head.done():
+                # Never processed (RFC 9113 6.8): the pool sends it again on another connection.
+                stream.head.set_exception(StaleConnection())
+                stream.head.exception()
+            else:
+                going = f"The connection to provider '{self._name}' is going away (GOAWAY {name})."
+                self._fail(stream, UpstreamUnavailable(going))
+        if event.error_code == ErrorCodes.NO_ERROR and self._streams:
+            # A graceful GOAWAY (a server draining): the streams it will still process go on.
+            # h2 treats any GOAWAY as the end of the connection and would refuse their frames,
+            # so its state machine is put back to open; no new stream is opened here.
+            self._h2.state_machine.state = ConnectionState.CLIENT_OPEN
+        elif event.error_code != ErrorCodes.NO_ERROR:
             self._fail_all(
                 UpstreamUnavailable(f"The connection to provider '{self._name}' failed (GOAWAY {name}).")
             )

@@ -33,6 +33,9 @@ from wsproxy.upstream.h2 import _CONNECTION_HEADERS, H2Connection, H2Response
 
 log = logging.getLogger("wsproxy.upstream")
 
+# Attempts of one request when the server provably did not process it (see StaleConnection).
+MAX_ATTEMPTS = 5
+
 
 class _Head(Protocol):
     status: int
@@ -122,7 +125,7 @@ class ConnectionPool:
         )
         self._idle: deque[H1Connection] = deque()  # right end: most recently used
         self._h2: list[H2Connection] = []
-        self._h2_connecting: asyncio.Future[H2Connection] | None = None
+        self._connecting: asyncio.Task[H1Connection | H2Connection] | None = None
         self._connections = 0  # open or opening
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
@@ -145,7 +148,7 @@ class ConnectionPool:
     ) -> UpstreamResponse:
         """Send a request and return once the answer's head arrived. Errors are ``ProxyError``."""
         target = self.prefix + path
-        for attempt in range(3):
+        for attempt in range(MAX_ATTEMPTS):
             conn = await self._acquire()
             head: H1Response | H2Response
             try:
@@ -158,7 +161,8 @@ class ConnectionPool:
                         self._h1_head(method, target, headers, body), body, self.settings.write_timeout
                     )
             except StaleConnection:
-                # The server had closed this keep-alive connection: it never saw the request.
+                # The server never saw the request: it had closed this keep-alive connection,
+                # or refused the stream (REFUSED_STREAM, e.g. beyond its stream limit).
                 log.debug("provider=%s: stale keep-alive connection, retrying (%d)", self.name, attempt)
                 continue
             return UpstreamResponse(head)
@@ -203,11 +207,11 @@ class ConnectionPool:
             conn = self._h2_with_room() if self.mode == "h2" else self._pop_idle()
             if conn is not None:
                 return conn
-            if self.mode == "h2" and self._h2_connecting is not None:
-                # One connection is being opened for everybody waiting: share it.
-                with_room = await asyncio.shield(self._h2_connecting)
-                if with_room.capacity > 0:
-                    return with_room
+            if self.mode != "h1" and self._connecting is not None:
+                # A connection is being opened that may serve everybody (HTTP/2, or not yet
+                # known: the TLS handshake decides): wait for it, then look again. Its failure
+                # is everybody's.
+                await asyncio.shield(self._connecting)
                 continue
             if self._connections < self.settings.max_connections:
                 return await self._connect()
@@ -255,29 +259,34 @@ class ConnectionPool:
         return None
 
     async def _connect(self) -> H1Connection | H2Connection:
+        """Open a connection in a task of its own: a requester that gives up (cancelled) does not
+        fail those sharing the connect, and the connection it started still serves the next."""
         loop = asyncio.get_running_loop()
         self._connections += 1
-        sharing: asyncio.Future[H2Connection] | None = None
-        if self.mode == "h2":
-            sharing = self._h2_connecting = loop.create_future()
+        task = loop.create_task(self._open(loop))
+        task.add_done_callback(self._connect_done)
+        if self.mode != "h1":
+            self._connecting = task
         try:
-            conn = await self._open(loop)
-        except BaseException as exc:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(self._adopt)
+            raise
+
+    def _connect_done(self, task: asyncio.Task[H1Connection | H2Connection]) -> None:
+        if self._connecting is task:
+            self._connecting = None
+        if task.cancelled() or task.exception() is not None:
             self._connections -= 1
             self._wake()
-            if sharing is not None:
-                self._h2_connecting = None
-                if not sharing.done():
-                    sharing.set_exception(
-                        exc if isinstance(exc, Exception) else UpstreamUnavailable("cancelled")
-                    )
-                    sharing.exception()
-            raise
-        if sharing is not None:
-            self._h2_connecting = None
-            assert isinstance(conn, H2Connection)
-            sharing.set_result(conn)
-        return conn
+
+    def _adopt(self, task: asyncio.Task[H1Connection | H2Connection]) -> None:
+        """A connection whose requester left: idle, for the next request (an HTTP/2 one is
+        already listed)."""
+        if not task.cancelled() and task.exception() is None:
+            conn = task.result()
+            if isinstance(conn, H1Connection):
+                self._h1_idle(conn)
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> H1Connection | H2Connection:
         settings = self.settings
