@@ -4,77 +4,20 @@ uses), zlib streams created only on first use, and ``limits.ws_compression = fal
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from websockets import frames
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory, PerMessageDeflate
 from websockets.sync.client import connect
 
-from tests.conftest import proxy_settings
+from tests.e2e.cliserver import CliServer
 from tests.e2e.sdk import client
-from tests.fakes.servers import free_port
 from wsproxy import cli
-from wsproxy.asgi.app import create_app
 
 TERMINAL = ("response.completed", "response.failed", "response.incomplete", "error")
-
-
-class CliServer:
-    """wsproxy on ``cli.build_config`` (the protocol classes ``wsproxy serve`` uses), in a thread."""
-
-    def __init__(self, tmp_path: Path, **limits: Any) -> None:
-        settings = proxy_settings(tmp_path)
-        settings = settings.replace(
-            port=free_port(), log_level="warning", limits=dataclasses.replace(settings.limits, **limits)
-        )
-        self.port = settings.port
-        self.config = cli.build_config(settings, app=create_app(settings, environ={}))
-        self.server = uvicorn.Server(self.config)
-        # uvicorn installs no signal handlers outside the main thread.
-        self.thread = threading.Thread(target=self.server.run, daemon=True, name=f"wsproxy-{self.port}")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def ws_sessions(self) -> list[cli.LeanWebSocketProtocol]:
-        connections = list(self.server.server_state.connections)
-        return [c for c in connections if isinstance(c, cli.LeanWebSocketProtocol)]
-
-    def start(self) -> CliServer:
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
-
-
-@pytest.fixture
-def make_cli_proxy(tmp_path: Path) -> Iterator[Any]:
-    servers: list[CliServer] = []
-
-    def start(**limits: Any) -> CliServer:
-        server = CliServer(tmp_path, **limits).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
 
 
 def one_session(server: CliServer, timeout: float = 5.0) -> cli.LeanWebSocketProtocol:

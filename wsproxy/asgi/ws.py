@@ -7,9 +7,12 @@ SessionRules`; this module only moves data:
   OpenAI's JSON error (clients see the status code);
 - one reader loop parses ``response.create`` frames and hands them to the rules; each started
   response runs in its own task, owned by the session and cancelled when it ends;
-- one writer task sends frames from a bounded queue: a slow client fills the queue, the queue
-  blocks the response tasks, they stop reading their upstream (backpressure). A client that takes
-  nothing for ``slow_client_timeout`` is closed with 1013;
+- one writer task sends frames from a bounded queue (both made with the first frame to send): a
+  slow client fills the queue, the queue blocks the response tasks, they stop reading their
+  upstream (backpressure). A client that takes nothing for ``slow_client_timeout`` is closed with
+  1013;
+- the session waits on one future, woken by whichever comes first: the reader or writer ending,
+  a stuck client, the age limit (a timer), or shutdown (one watch task per runtime);
 - at the connection age limit the client gets ``websocket_connection_limit_reached`` and a 1000
   close; on shutdown, queued responses get a 503 ``server_shutting_down`` error, running ones get
   the grace period; those still running then end with ``response.failed``
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from typing import Any
 
 import orjson
@@ -46,6 +50,41 @@ _CLOSE = object()  # writer sentinel
 
 class _SlowClient(Exception):
     pass
+
+
+class _ShutdownWatch:
+    """One task per runtime waits for ``runtime.closing`` and wakes every open session, so that an
+    idle session keeps no task of its own for it."""
+
+    __slots__ = ("sessions", "task")
+
+    def __init__(self) -> None:
+        self.sessions: set[WSSession] = set()
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, session: WSSession, runtime: Runtime) -> None:
+        if runtime.closing.is_set():
+            session.wakeup("closing")
+            return
+        self.sessions.add(session)
+        if self.task is None or self.task.done():
+            self.task = runtime.spawn(self._watch(runtime.closing), "ws-shutdown")
+
+    async def _watch(self, closing: asyncio.Event) -> None:
+        await closing.wait()
+        for session in list(self.sessions):
+            session.wakeup("closing")
+
+
+# By runtime (its ``closing`` event, which the watch does not hold): an entry goes with its runtime.
+_WATCHES: weakref.WeakKeyDictionary[asyncio.Event, _ShutdownWatch] = weakref.WeakKeyDictionary()
+
+
+def _shutdown_watch(runtime: Runtime) -> _ShutdownWatch:
+    watch = _WATCHES.get(runtime.closing)
+    if watch is None:
+        watch = _WATCHES[runtime.closing] = _ShutdownWatch()
+    return watch
 
 
 async def websocket_endpoint(websocket: WebSocket) -> None:
@@ -86,36 +125,58 @@ class WSSession:
             max_lanes=limits.ws_max_lanes,
             max_queued=limits.ws_max_queued,
         )
-        self.out: asyncio.Queue[Any] = asyncio.Queue(maxsize=limits.event_queue_size)
+        # The outgoing queue and its writer task, made with the first frame to send.
+        self.out: asyncio.Queue[Any] | None = None
+        self.writer_task: asyncio.Task[None] | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.close_code = 1000
         self.closed = False
         # Shutting down: queued responses are refused, running ones may finish.
         self.draining = False
         self.peer_closed = False
-        self.idle = asyncio.Event()
-        self.idle.set()
-        # Set when the session must end now (a stuck client).
-        self.abort = asyncio.Event()
+        # run() waits on this for the first reason to end or change the session: "reader" (the
+        # client left), "writer" (sending failed), "closing" (shutdown), "abort" (a stuck client)
+        # or "age" (the connection age limit).
+        self._wake: asyncio.Future[str] | None = None
+        # While a shutdown waits for the running responses to end.
+        self._idle: asyncio.Future[None] | None = None
+
+    def wakeup(self, reason: str) -> None:
+        wake = self._wake
+        if wake is not None and not wake.done():
+            wake.set_result(reason)
 
     # -- sending ----------------------------------------------------------------------------
+
+    def _outgoing(self) -> asyncio.Queue[Any]:
+        out = self.out
+        if out is None:
+            out = self.out = asyncio.Queue(maxsize=self.limits.event_queue_size)
+            writer = asyncio.get_running_loop().create_task(self.writer(out), name="ws-writer")
+            writer.add_done_callback(self._writer_done)
+            self.writer_task = writer
+        return out
+
+    def _writer_done(self, _: asyncio.Task[None]) -> None:
+        self.wakeup("writer")
 
     async def send(self, text: str | bytes) -> None:
         if self.closed:
             raise asyncio.CancelledError
+        out = self._outgoing()
         try:
-            self.out.put_nowait(text)
+            out.put_nowait(text)
         except asyncio.QueueFull:
             try:
                 async with asyncio.timeout(self.limits.slow_client_timeout):
-                    await self.out.put(text)
+                    await out.put(text)
             except TimeoutError:
                 raise _SlowClient from None
 
-    async def writer(self) -> None:
+    async def writer(self, out: asyncio.Queue[Any]) -> None:
         send = self.ws.send
         while True:
-            item = await self.out.get()
+            item = await out.get()
             if item is _CLOSE:
                 return
             if isinstance(item, bytes):
@@ -126,43 +187,32 @@ class WSSession:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        writer = loop.create_task(self.writer(), name="ws-writer")
+        self._wake = wake = loop.create_future()
         reader = loop.create_task(self.reader(), name="ws-reader")
-        closing = loop.create_task(self.runtime.closing.wait(), name="ws-shutdown")
-        abort = loop.create_task(self.abort.wait(), name="ws-abort")
-        deadline = loop.time() + self.limits.ws_connection_max_age
+        reader.add_done_callback(self._reader_done)
+        age = loop.call_at(loop.time() + self.limits.ws_connection_max_age, self.wakeup, "age")
+        watch = _shutdown_watch(self.runtime)
+        watch.add(self, self.runtime)
         try:
-            done, _ = await asyncio.wait(
-                {writer, reader, closing, abort},
-                timeout=max(0.0, deadline - loop.time()),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            if not done:
+            reason = await wake
+            if reason == "age":
                 await self._age_limit()
-            elif closing in done:
+            elif reason == "closing":
                 await self._shutdown(reader)
-            elif writer in done and writer.exception() is not None:
-                log.info("websocket writer stopped: %r", writer.exception())
+            elif reason == "writer":
+                writer = self.writer_task
+                if writer is not None and not writer.cancelled() and writer.exception() is not None:
+                    log.info("websocket writer stopped: %r", writer.exception())
         finally:
             self.closed = True
-            for task in (reader, closing, abort, *self.tasks):
+            age.cancel()
+            watch.sessions.discard(self)
+            for task in (reader, *self.tasks):
                 task.cancel()
-            await asyncio.gather(reader, closing, abort, *self.tasks, return_exceptions=True)
-            if writer.done() and not writer.cancelled() and writer.exception() is not None:
-                log.debug("websocket writer stopped: %r", writer.exception())  # retrieved: client gone
-            if self.close_code == 1013:
-                writer.cancel()  # the client reads nothing: do not wait for it
-            if not writer.done():
-                # Let queued frames go out, bounded, then close.
-                try:
-                    self.out.put_nowait(_CLOSE)
-                except asyncio.QueueFull:
-                    writer.cancel()
-                try:
-                    async with asyncio.timeout(2.0):
-                        await writer
-                except (TimeoutError, asyncio.CancelledError, Exception):
-                    writer.cancel()
+            await asyncio.gather(reader, *self.tasks, return_exceptions=True)
+            writer = self.writer_task
+            if writer is not None:
+                await self._stop_writer(writer)
             if self.ws.application_state != WebSocketState.DISCONNECTED and not self.peer_closed:
                 # The close frame queues behind what the client has not read yet: a client that
                 # reads nothing more within slow_client_timeout does not hold the session.
@@ -171,6 +221,27 @@ class WSSession:
                         await self.ws.close(self.close_code)
                 except (RuntimeError, OSError, WebSocketDisconnect, TimeoutError):
                     pass  # the peer went away while we were closing
+
+    def _reader_done(self, _: asyncio.Task[None]) -> None:
+        self.wakeup("reader")
+
+    async def _stop_writer(self, writer: asyncio.Task[None]) -> None:
+        if writer.done() and not writer.cancelled() and writer.exception() is not None:
+            log.debug("websocket writer stopped: %r", writer.exception())  # retrieved: client gone
+        if self.close_code == 1013:
+            writer.cancel()  # the client reads nothing: do not wait for it
+        if not writer.done():
+            # Let queued frames go out, bounded, then close.
+            assert self.out is not None
+            try:
+                self.out.put_nowait(_CLOSE)
+            except asyncio.QueueFull:
+                writer.cancel()
+            try:
+                async with asyncio.timeout(2.0):
+                    await writer
+            except (TimeoutError, asyncio.CancelledError, Exception):
+                writer.cancel()
 
     async def _age_limit(self) -> None:
         err = InvalidRequest(
@@ -191,19 +262,22 @@ class WSSession:
         error = ProxyError("The server is shutting down.", status=503, code=SHUTDOWN_CODE)
         for lane, _ in self.rules.drop_queued():
             await self._send_direct(ws_error(error, lane))
-        if self.rules.idle:
-            self.idle.set()
-        try:
-            async with asyncio.timeout(self.limits.shutdown_grace + 10.0):
-                await self.idle.wait()
-        except TimeoutError:
-            pass
+        if not self.rules.idle:
+            self._idle = asyncio.get_running_loop().create_future()
+            try:
+                async with asyncio.timeout(self.limits.shutdown_grace + 10.0):
+                    await self._idle
+            except TimeoutError:
+                pass
         self.close_code = 1001
 
     async def _send_direct(self, data: bytes) -> None:
+        if self.closed and self.out is None:
+            return  # the session has ended: no writer will start for it
+        out = self._outgoing()
         try:
             async with asyncio.timeout(2.0):
-                await self.out.put(data)
+                await out.put(data)
         except TimeoutError:
             pass
 
@@ -218,7 +292,7 @@ class WSSession:
         log.warning("closing slow websocket client (no progress for %ss)", self.limits.slow_client_timeout)
         self.close_code = 1013
         self.runtime.metrics.inc("wsproxy_slow_clients_total", transport="ws")
-        self.abort.set()
+        self.wakeup("abort")
 
     async def _read(self) -> None:
         while True:
@@ -270,7 +344,6 @@ class WSSession:
         if self.draining:
             return
         for lane, request in self.rules.next_ready():
-            self.idle.clear()
             task = asyncio.get_running_loop().create_task(self.respond(lane, request))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
@@ -319,8 +392,8 @@ class WSSession:
             self.rules.finished(lane, request, run.final if run is not None else None, ok)
             if not self.closed:
                 self._start_ready()
-            if self.rules.idle:
-                self.idle.set()
+            if self.rules.idle and self._idle is not None and not self._idle.done():
+                self._idle.set_result(None)
 
     async def _end(
         self,

@@ -1,0 +1,98 @@
+"""How a WebSocket session ends, including sessions that never sent a frame (their outgoing queue
+and writer are made with the first frame): the connection age limit, a shutdown drain over
+several sessions, the client leaving. Against ``cli.build_config`` in process."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from tests.e2e.cliserver import CliServer
+from wsproxy.asgi import ws as ws_module
+
+TERMINAL = ("response.completed", "response.failed", "response.incomplete", "error")
+
+
+def recv_until_closed(ws: Any, timeout: float = 10.0) -> tuple[list[dict[str, Any]], int | None]:
+    events: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            events.append(json.loads(ws.recv(timeout=max(0.01, deadline - time.monotonic()))))
+        except ConnectionClosed:
+            assert ws.protocol.close_rcvd is not None, "closed without a close frame"
+            return events, ws.protocol.close_rcvd.code
+        except TimeoutError:
+            break
+    raise AssertionError(f"still open after {timeout}s; got {events}")
+
+
+def run_response(ws: Any, text: str) -> list[dict[str, Any]]:
+    ws.send(json.dumps({"type": "response.create", "model": "local", "input": text, "store": False}))
+    events = []
+    for _ in range(2000):
+        events.append(json.loads(ws.recv(timeout=10)))
+        if events[-1]["type"] in TERMINAL:
+            return events
+    raise AssertionError("no terminal event")
+
+
+def wait_until(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("used", [False, True], ids=["idle", "after-a-response"])
+def test_age_limit_error_then_1000(make_cli_proxy: Any, used: bool) -> None:
+    server: CliServer = make_cli_proxy(ws_connection_max_age=1.0)
+    with connect(server.ws_url, open_timeout=5) as ws:
+        opened = time.monotonic()
+        if used:
+            assert run_response(ws, "before the limit")[-1]["type"] == "response.completed"
+        events, code = recv_until_closed(ws)
+    assert time.monotonic() - opened >= 0.9
+    assert [e["type"] for e in events] == ["error"]
+    assert events[0]["error"]["code"] == "websocket_connection_limit_reached"
+    assert code == 1000
+
+
+def test_drain_closes_every_idle_session_with_1001(make_cli_proxy: Any) -> None:
+    server: CliServer = make_cli_proxy()
+    clients = [connect(server.ws_url, open_timeout=5) for _ in range(3)]
+    try:
+        # One of them has streamed a response (its writer exists), the others never sent a frame.
+        assert run_response(clients[0], "one response")[-1]["type"] == "response.completed"
+        wait_until(lambda: server.runtime.sessions == 3)
+        drained = server.call(server.runtime.drain(grace=2.0, settle=5.0))
+        outcomes = [recv_until_closed(ws) for ws in clients]
+        assert drained.result(timeout=15) is True
+    finally:
+        for ws in clients:
+            ws.close()
+    assert outcomes == [([], 1001)] * 3
+    assert server.runtime.sessions == 0
+
+
+def test_client_leaving_ends_the_session_and_its_registrations(make_cli_proxy: Any) -> None:
+    server: CliServer = make_cli_proxy()
+    with connect(server.ws_url, open_timeout=5) as idle, connect(server.ws_url, open_timeout=5) as used:
+        assert run_response(used, "one response")[-1]["type"] == "response.completed"
+        wait_until(lambda: server.runtime.sessions == 2)
+        watch = ws_module._WATCHES[server.runtime.closing]
+        assert len(watch.sessions) == 2
+        idle.close()
+        wait_until(lambda: server.runtime.sessions == 1)
+        assert len(watch.sessions) == 1
+        # The other session is unaffected.
+        assert run_response(used, "still open")[-1]["type"] == "response.completed"
+    wait_until(lambda: server.runtime.sessions == 0)
+    assert watch.sessions == set()
+    assert server.ws_sessions() == []
