@@ -994,3 +994,34 @@ async def test_connection_count_returns_to_zero_after_failures(
         response.close()
     await asyncio.sleep(0.05)
     assert (pool.connection_count, pool.idle_count) == (0, 0)
+
+
+@bounded(30)
+async def test_h2_unread_bytes_of_closed_streams_go_back_to_the_connection_window(
+    server: ScriptedServer, make_pool: MakePool
+) -> None:
+    """Streams closed with data still buffered (clients that left) must return those bytes to the
+    connection's flow-control window, or after enough of them no stream on the connection could
+    receive anything. 140 x 200 KiB is more than the whole connection window."""
+    piece = b"u" * (200 * 1024)
+    replies: dict[str, Reply] = {}
+
+    async def handler(request: Request, reply: Reply) -> None:
+        assert isinstance(reply, H2Reply)
+        if request.route == "/last":
+            await reply.respond(200, [], [piece, piece])
+            return
+        replies[request.route] = reply
+        await reply.head(200, [])
+        await reply.data(piece)
+        await reply.wait_client_gone()
+
+    server.handler = handler
+    pool = make_pool(server.url, "2")
+    for i in range(140):
+        response = await pool.request("POST", f"/left-{i}", [], b"")
+        await server.wait_for(lambda i=i: replies[f"/left-{i}"].sent >= len(piece), timeout=2)
+        response.close()  # nothing read
+    _, data = await fetch(pool, "/last")
+    assert data == piece + piece
+    assert server.connections == 1

@@ -35,6 +35,7 @@ MAX_STREAMS_PER_CONNECTION = 100
 # window holds all streams' windows, so slow readers on some streams never stall the others.
 STREAM_WINDOW = 256 * 1024
 CONNECTION_WINDOW = MAX_STREAMS_PER_CONNECTION * STREAM_WINDOW + 1024 * 1024
+ACK_EVERY = 16 * 1024
 MAX_HEAD_BYTES = 64 * 1024
 # Headers HTTP/2 forbids (RFC 9113 8.2.2); callers may pass them for HTTP/1.1.
 _CONNECTION_HEADERS = frozenset(
@@ -58,7 +59,7 @@ class H2Response:
 
 
 class _Stream:
-    __slots__ = ("body", "conn", "ended", "head", "id", "send_window")
+    __slots__ = ("body", "conn", "consumed", "ended", "head", "id", "send_window", "unacked")
 
     def __init__(self, conn: H2Connection, stream_id: int, body: Body) -> None:
         self.conn = conn
@@ -67,6 +68,8 @@ class _Stream:
         self.head: asyncio.Future[H2Response] = conn.loop.create_future()
         self.ended = False
         self.send_window: asyncio.Future[None] | None = None
+        self.unacked = 0  # flow-controlled bytes received and not yet given back
+        self.consumed = 0  # of those, read (or padding): given back in batches of ACK_EVERY
 
 
 class H2Connection(asyncio.Protocol):
@@ -156,10 +159,10 @@ class H2Connection(asyncio.Protocol):
             stream = self._streams.get(event.stream_id) if event.stream_id is not None else None
             if stream is not None and event.data is not None:
                 stream.body.feed(event.data)
-                # Padding and empty frames count against the window too: give those back now.
-                unread = (event.flow_controlled_length or 0) - len(event.data)
-                if unread:
-                    self._h2.acknowledge_received_data(unread, stream.id)
+                size = event.flow_controlled_length or 0
+                stream.unacked += size
+                # Padding counts against the window but is never read: consumed at once.
+                stream.consumed += size - len(event.data)
             elif event.flow_controlled_length and event.stream_id:
                 # A stream already reset or finished: its bytes still count on the connection.
                 self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
@@ -301,18 +304,32 @@ class H2Connection(asyncio.Protocol):
                 stream.send_window.set_result(None)
 
     def _consumed(self, stream_id: int, n: int) -> None:
-        if self.closed or stream_id not in self._streams:
+        stream = self._streams.get(stream_id)
+        if stream is None or self.closed:
             return
-        try:
-            self._h2.acknowledge_received_data(n, stream_id)
-        except h2.exceptions.StreamClosedError:
-            return
-        self._flush()
+        stream.consumed += n
+        if stream.consumed >= ACK_EVERY:
+            # What the reader took is given back in batches: h2's bookkeeping costs about as
+            # much as receiving a frame, and a window update per small delta gains nothing.
+            self._give_back(stream, stream.consumed)
+            self._flush()
+
+    def _give_back(self, stream: _Stream, n: int) -> None:
+        n = min(n, stream.unacked)
+        if n > 0:
+            stream.unacked -= n
+            stream.consumed = max(0, stream.consumed - n)
+            self._h2.acknowledge_received_data(n, stream.id)
 
     def finish(self, stream: _Stream) -> None:
         """The response is done with: forget the stream; reset it first when it is still open."""
         stream.body.close()
+        if not self.closed:
+            # Everything the stream received goes back to the connection's window (buffered and
+            # unread included): a finished stream must not shrink it for the others.
+            self._give_back(stream, stream.unacked)
         if self._streams.pop(stream.id, None) is None:
+            self._flush()
             return
         if not self.closed:
             state = self._h2.streams.get(stream.id)
