@@ -4,6 +4,7 @@ several sessions, the client leaving. Against ``cli.build_config`` in process.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -96,3 +97,38 @@ def test_client_leaving_ends_the_session_and_its_registrations(make_cli_proxy: A
     wait_until(lambda: server.runtime.sessions == 0)
     assert watch.sessions == set()
     assert server.ws_sessions() == []
+
+
+async def test_writer_turns_a_failed_send_into_a_disconnect() -> None:
+    """The writer calls the raw ASGI send: a send that fails because the client is gone (uvicorn
+    raises an OSError) still ends it as Starlette's WebSocket.send would, with a 1006 disconnect
+    and the socket marked disconnected, so that the session does not try to close it again."""
+    from types import SimpleNamespace
+
+    from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+    from uvicorn.protocols.utils import ClientDisconnected
+
+    from wsproxy.settings import LimitSettings
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        if len(sent) == 2:
+            raise ClientDisconnected
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("not read")
+
+    websocket = WebSocket({"type": "websocket", "path": "/v1/responses", "headers": []}, receive, send)
+    websocket.application_state = WebSocketState.CONNECTED
+    runtime: Any = SimpleNamespace(settings=SimpleNamespace(limits=LimitSettings()))
+    session = ws_module.WSSession(websocket, runtime, None)
+    for frame in ("a", b"b", "c"):
+        await session.send(frame)
+    assert session.writer_task is not None
+    with pytest.raises(WebSocketDisconnect) as exc:
+        await asyncio.wait_for(session.writer_task, 5)
+    assert exc.value.code == 1006
+    assert websocket.application_state == WebSocketState.DISCONNECTED
+    assert sent == [{"type": "websocket.send", "text": "a"}, {"type": "websocket.send", "text": "b"}]
