@@ -99,10 +99,12 @@ def test_client_leaving_ends_the_session_and_its_registrations(make_cli_proxy: A
     assert server.ws_sessions() == []
 
 
-async def test_writer_turns_a_failed_send_into_a_disconnect() -> None:
-    """The writer calls the raw ASGI send: a send that fails because the client is gone (uvicorn
-    raises an OSError) still ends it as Starlette's WebSocket.send would, with a 1006 disconnect
-    and the socket marked disconnected, so that the session does not try to close it again."""
+async def test_a_failed_send_becomes_a_disconnect_written_directly_or_by_the_writer() -> None:
+    """Frames are written from the response task while nothing is ahead of them, and queue for
+    the writer task behind a frame that is blocked (the client's TCP window is full). Both call
+    the raw ASGI send: a send that fails because the client is gone (uvicorn raises an OSError)
+    still ends the session as Starlette's WebSocket.send would, with the socket marked
+    disconnected (a 1006 disconnect from the writer), so the session does not close it again."""
     from types import SimpleNamespace
 
     from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
@@ -110,25 +112,48 @@ async def test_writer_turns_a_failed_send_into_a_disconnect() -> None:
 
     from wsproxy.settings import LimitSettings
 
-    sent: list[dict[str, Any]] = []
+    sent: list[str] = []
+    writable = asyncio.Event()  # as uvicorn's: cleared while the transport's buffer is full
+    writable.set()
 
     async def send(message: dict[str, Any]) -> None:
-        if len(sent) == 2:
+        await writable.wait()
+        if len(sent) == 3:
             raise ClientDisconnected
-        sent.append(message)
+        sent.append(message["text"])
 
     async def receive() -> dict[str, Any]:
         raise AssertionError("not read")
 
-    websocket = WebSocket({"type": "websocket", "path": "/v1/responses", "headers": []}, receive, send)
-    websocket.application_state = WebSocketState.CONNECTED
-    runtime: Any = SimpleNamespace(settings=SimpleNamespace(limits=LimitSettings()))
-    session = ws_module.WSSession(websocket, runtime, None)
-    for frame in ("a", b"b", "c"):
-        await session.send(frame)
-    assert session.writer_task is not None
+    def session_for(send: Any) -> Any:
+        websocket = WebSocket({"type": "websocket", "path": "/v1/responses", "headers": []}, receive, send)
+        websocket.application_state = WebSocketState.CONNECTED
+        runtime: Any = SimpleNamespace(settings=SimpleNamespace(limits=LimitSettings()))
+        return ws_module.WSSession(websocket, runtime, None), websocket
+
+    session, websocket = session_for(send)
+    await session.send("a")
+    await session.send(b"b")
+    assert sent == ["a", "b"] and session.writer_task is None  # written directly, in order
+    writable.clear()
+    blocked = asyncio.get_running_loop().create_task(session.send("blocked"))
+    await asyncio.sleep(0.01)
+    assert not blocked.done()
+    await session.send("c")  # behind the blocked frame: queued for the writer
+    await asyncio.sleep(0.01)  # (the writer waits for the socket too)
+    assert session.writer_task is not None and sent == ["a", "b"]
+    writable.set()
+    await asyncio.wait_for(blocked, 5)
     with pytest.raises(WebSocketDisconnect) as exc:
         await asyncio.wait_for(session.writer_task, 5)
     assert exc.value.code == 1006
     assert websocket.application_state == WebSocketState.DISCONNECTED
-    assert sent == [{"type": "websocket.send", "text": "a"}, {"type": "websocket.send", "text": "b"}]
+    assert sent == ["a", "b", "blocked"]  # "c" found the client gone
+
+    async def gone(message: dict[str, Any]) -> None:
+        raise ClientDisconnected
+
+    session, websocket = session_for(gone)
+    with pytest.raises(asyncio.CancelledError):
+        await session.send("x")  # the response task stops: its client is gone
+    assert websocket.application_state == WebSocketState.DISCONNECTED

@@ -368,7 +368,8 @@ async def test_more_concurrent_responses_than_one_http2_connection_carries(
     fake, _ = fault_upstream
     # Each response holds its stream 3 s. (A process of its own: its timing does not share a
     # GIL with the 110 test clients.)
-    proxy = proxy_process(providers={"up": {"idle_timeout": 10.0, "first_byte_timeout": 8.0, "max_retries": 0}})
+    limits = {"idle_timeout": 10.0, "first_byte_timeout": 8.0, "max_retries": 0}
+    proxy = proxy_process(providers={"up": limits})
     tag = marker()
     n = 110
 

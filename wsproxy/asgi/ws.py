@@ -140,6 +140,12 @@ class WSSession:
         self._wake: asyncio.Future[str] | None = None
         # While a shutdown waits for the running responses to end.
         self._idle: asyncio.Future[None] | None = None
+        # Frames being written (by a response task or the writer: a frame is written directly
+        # only when none is, and nothing is queued); the loop time the direct one started, and
+        # the slow-client timer that watches it.
+        self._busy = 0
+        self._since = 0.0
+        self._stuck_timer: asyncio.TimerHandle | None = None
 
     def wakeup(self, reason: str) -> None:
         wake = self._wake
@@ -163,6 +169,12 @@ class WSSession:
     async def send(self, text: str | bytes) -> None:
         if self.closed:
             raise asyncio.CancelledError
+        out = self.out
+        if not self._busy and (out is None or out.empty()):
+            # Nothing is ahead of this frame: it is written now, from this task, instead of
+            # waking the writer task for it (one event-loop hop less per delta).
+            await self._write_now(text)
+            return
         out = self._outgoing()
         try:
             out.put_nowait(text)
@@ -172,6 +184,42 @@ class WSSession:
                     await out.put(text)
             except TimeoutError:
                 raise _SlowClient from None
+
+    async def _write_now(self, text: str | bytes) -> None:
+        """A send returns at once unless the client's TCP window is full; then it waits (the
+        backpressure that stops this response reading its upstream), watched by one lazily
+        re-armed timer per session instead of a timeout per frame: stuck for
+        ``slow_client_timeout``, the session closes with 1013."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._stuck_timer is None:
+            self._stuck_timer = loop.call_at(now + self.limits.slow_client_timeout, self._check_stuck)
+        self._since = now
+        self._busy += 1
+        try:
+            await self.ws._send(
+                {"type": "websocket.send", "text": text.decode() if isinstance(text, bytes) else text}
+            )
+        except OSError:
+            # The client is gone: the session ends (as when the writer task finds it gone).
+            self.ws.application_state = WebSocketState.DISCONNECTED
+            self.wakeup("writer")
+            raise asyncio.CancelledError from None
+        finally:
+            self._busy -= 1
+            self._since = 0.0
+
+    def _check_stuck(self) -> None:
+        self._stuck_timer = None
+        since = self._since
+        if not since or self.closed:
+            return  # not sending now: the next send arms the timer again
+        due = since + self.limits.slow_client_timeout
+        loop = asyncio.get_running_loop()
+        if loop.time() < due:
+            self._stuck_timer = loop.call_at(due, self._check_stuck)
+        else:
+            self._slow()
 
     async def writer(self, out: asyncio.Queue[Any]) -> None:
         # Every frame here is a websocket.send on an accepted socket that the session closes only
@@ -186,7 +234,12 @@ class WSSession:
                     return
                 if isinstance(item, bytes):
                     item = item.decode()
-                await send({"type": "websocket.send", "text": item})
+                # Counted as sending: no frame is written directly until this one is out.
+                self._busy += 1
+                try:
+                    await send({"type": "websocket.send", "text": item})
+                finally:
+                    self._busy -= 1
         except OSError:
             self.ws.application_state = WebSocketState.DISCONNECTED
             raise WebSocketDisconnect(code=1006) from None
@@ -214,6 +267,8 @@ class WSSession:
         finally:
             self.closed = True
             age.cancel()
+            if self._stuck_timer is not None:
+                self._stuck_timer.cancel()
             watch.sessions.discard(self)
             for task in (reader, *self.tasks):
                 task.cancel()
@@ -385,7 +440,8 @@ class WSSession:
         except asyncio.CancelledError:
             if not runtime.grace_over or self.closed:
                 if tracker is not None:
-                    tracker.cancelled("client_gone")  # the session ended under it
+                    # The session ended under it: the client left, or read nothing (1013).
+                    tracker.cancelled("slow_client" if self.close_code == 1013 else "client_gone")
                 raise
             task.uncancel()  # the shutdown grace is over: end it properly
             await self._end(events, tracker, lane, SHUTDOWN_CODE, SHUTDOWN_MESSAGE, 503)
