@@ -107,9 +107,9 @@ async def test_sse_client_leaving_cancels_upstream_and_records_usage(
 
 
 async def test_many_cancelled_http2_streams_leave_the_connection_usable(fault_proxy, fault_upstream) -> None:
-    """httpcore forgets a cancelled HTTP/2 stream without a RST_STREAM: the upstream would keep
-    it open (hypercorn allows 100 at once) and new streams would be refused. The proxy resets
-    them itself, so 120 cancels on one connection still leave it working."""
+    """A cancelled HTTP/2 stream forgotten without a RST_STREAM would stay open upstream
+    (hypercorn allows 100 at once) and new streams would be refused. The pool resets each
+    one (CANCEL), so 120 cancels on one connection still leave it working."""
     fake, _ = fault_upstream
     proxy = fault_proxy()
     tags = [marker() for _ in range(120)]
@@ -158,8 +158,8 @@ async def plateau(fake: Any, m: str, quiet: float = 0.6, limit: float = 10.0) ->
 FLOOD_EVENTS = 200_000
 # 200 MB of deltas if nobody pushed back (socket buffers on loopback hold up to ~40 MB), from the
 # raw upstream over HTTP/1.1: it writes each delta once the previous one drained, so what it
-# manages to send measures the proxy's reads, and it sees the connection close. (Over HTTP/2,
-# httpcore grants each stream a 16 MB window: the bound there is that window.)
+# manages to send measures the proxy's reads, and it sees the connection close. (Over HTTP/2
+# the bound is the stream's flow-control window, 256 KB: tests/upstream covers it.)
 FLOOD = f"raw1@flood-{FLOOD_EVENTS}-1000"
 
 
