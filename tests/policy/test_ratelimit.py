@@ -115,3 +115,12 @@ def test_overflow_drops_idle_buckets_before_busy_ones() -> None:
     limiter.check("busy", 1.0)  # its one refilled token
     with pytest.raises(RateLimited):
         limiter.check("busy", 1.0)
+
+
+def test_waiting_exactly_the_retry_after_is_enough_despite_float_rounding() -> None:
+    # 68.08648495851436 + 60 s at 1/60 token per second refills 0.9999999999999... of a token.
+    limiter = RateLimiter(1)
+    limiter.check("p", 68.08648495851436)
+    with pytest.raises(RateLimited) as exc:
+        limiter.check("p", 68.08648495851436)
+    limiter.check("p", 68.08648495851436 + int(exc.value.headers["retry-after"]))

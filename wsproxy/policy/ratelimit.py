@@ -29,14 +29,16 @@ class RateLimiter:
             return
         tokens, last = self._buckets.get(principal, (self.burst, now))
         tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens < 1.0:
+        # (The tolerance: a client that waited exactly the Retry-After it was given must get
+        # its token, whatever rounding the float arithmetic did.)
+        if tokens < 1.0 - 1e-9:
             wait = (1.0 - tokens) / self.rate
             self._buckets[principal] = (tokens, now)
             raise RateLimited(
                 f"Rate limit reached: {int(self.burst)} requests per minute. Try again in {wait:.1f}s.",
                 headers={"retry-after": str(max(1, math.ceil(wait)))},
             )
-        self._buckets[principal] = (tokens - 1.0, now)
+        self._buckets[principal] = (max(0.0, tokens - 1.0), now)
         self._buckets.move_to_end(principal)
         if len(self._buckets) > self.max_principals:
             self._evict(now)
