@@ -7,8 +7,8 @@ text (:func:`bench.streams.delta_stamp`). The receive time is taken once per ``d
 call, before parsing, with ``time.monotonic_ns()`` (the clock the upstream stamped with).
 
 The WebSocket client offers ``permessage-deflate; client_max_window_bits`` like the ``websockets``
-library (and so the openai SDK) does by default, or nothing with ``deflate=False``. It answers pings
-so that idle sessions stay open.
+library does by default (the openai SDK offers it when given a ``max_size``), or nothing with
+``deflate=False``. It answers pings so that idle sessions stay open.
 """
 
 from __future__ import annotations

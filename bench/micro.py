@@ -3,14 +3,12 @@ machine, in process, without sockets (so the shared-machine noise of the end-to-
 
     python -m bench.micro
 
-- a timer per chunk: ``async with asyncio.timeout()`` and ``anyio.fail_after`` (httpcore2 wraps
-  every read in one) versus a plain ``await``;
+- a timer per chunk (``async with asyncio.timeout()``) versus a plain ``await``, and the upstream
+  body buffer wsproxy reads from (one idle timer per stream, armed lazily);
+- the h2 state machine per received DATA frame, with and without acknowledging it at once;
 - the SSE decoder on one delta per chunk and on 200 deltas per chunk;
-- permessage-deflate of one delta frame (websockets' settings as uvicorn configures them);
-- the UTF-8 check of a delta payload;
-- httpcore2's keep-alive probe of one idle pooled connection (``has_expired`` ->
-  ``get_extra_info("is_readable")``), which its pool runs for every idle connection whenever a
-  request starts or a response ends.
+- permessage-deflate of one delta frame (wsproxy's window and memLevel);
+- the UTF-8 check of a delta payload.
 """
 
 from __future__ import annotations
@@ -31,7 +29,7 @@ def _per_call(fn: Callable[[], object], n: int) -> float:
 
 
 async def _timers(n: int) -> dict[str, float]:
-    import anyio
+    from wsproxy.upstream.body import Body
 
     async def gen():  # type: ignore[no-untyped-def]
         for i in range(3 * n):
@@ -47,34 +45,68 @@ async def _timers(n: int) -> dict[str, float]:
     for _ in range(n):
         async with asyncio.timeout(300):
             await anext(g)
-    out["async with asyncio.timeout(): await anext(chunks)"] = (time.perf_counter() - t) / n * 1e6
-    t = time.perf_counter()
-    for _ in range(n):
-        with anyio.fail_after(300):
-            await anext(g)
-    out["with anyio.fail_after(): await anext(chunks)"] = (time.perf_counter() - t) / n * 1e6
+    out["async with asyncio.timeout(): await anext(chunks)  (a timer per chunk)"] = (
+        (time.perf_counter() - t) / n * 1e6
+    )
     loop = asyncio.get_running_loop()
 
     def timer() -> None:
         loop.call_at(loop.time() + 300, lambda: None).cancel()
 
     out["loop.call_at() + cancel()"] = _per_call(timer, n)
-
-    from httpcore2._backends.anyio import AnyIOStream
-    from httpcore2._utils import is_socket_readable
-
-    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    stream = AnyIOStream(await anyio.connect_tcp("127.0.0.1", port))
-    out["httpcore2 idle-connection probe: get_extra_info('is_readable')"] = _per_call(
-        lambda: stream.get_extra_info("is_readable"), n // 5
+    body = Body(loop, 300.0, "bench", lambda _n: None)
+    chunk = b"x" * 200
+    t = time.perf_counter()
+    for _ in range(n):
+        body.feed(chunk)
+        await body.read()
+    out["upstream Body.feed() + read() of one chunk (idle timer armed lazily)"] = (
+        (time.perf_counter() - t) / n * 1e6
     )
-    sock = stream.get_extra_info("socket")
-    out["  of which the poll() itself (is_socket_readable)"] = _per_call(
-        lambda: is_socket_readable(sock), n // 5
+    body.close()
+    return out
+
+
+def _h2_frames(n: int) -> dict[str, float]:
+    """What the h2 state machine costs per received DATA frame (one delta each)."""
+    import h2.config
+    import h2.connection
+    import h2.settings
+
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    client.local_settings = h2.settings.Settings(
+        client=True, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1}
     )
-    await stream.aclose()
-    server.close()
+    client.initiate_connection()
+    client.increment_flow_control_window(2**31 - 1 - 65535)
+    server.initiate_connection()
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    server.receive_data(client.data_to_send())
+    request = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"x"), (b":path", b"/")]
+    client.send_headers(1, request, end_stream=True)
+    server.receive_data(client.data_to_send())
+    server.send_headers(1, [(b":status", b"200")])
+    client.receive_data(server.data_to_send())
+    stream = ResponsesStream("m", Pace(200, 0, 0), {})
+    payload = stream.delta(0, 1_234_567_890_123)
+    frames = []
+    for _ in range(2 * n):
+        server.send_data(1, payload)
+        frames.append(server.data_to_send())
+    out = {}
+    t = time.perf_counter()
+    for frame in frames[:n]:
+        client.receive_data(frame)
+        client.data_to_send()
+    out["h2: receive one DATA frame"] = (time.perf_counter() - t) / n * 1e6
+    t = time.perf_counter()
+    for frame in frames[n:]:
+        client.receive_data(frame)
+        client.acknowledge_received_data(len(payload), 1)
+        client.data_to_send()
+    out["h2: receive one DATA frame + acknowledge it"] = (time.perf_counter() - t) / n * 1e6
     return out
 
 
@@ -90,6 +122,7 @@ def main() -> None:
     rows: dict[str, float] = {}
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         rows.update(runner.run(_timers(50_000)))
+    rows.update(_h2_frames(3_000))
 
     stream = ResponsesStream("m", Pace(200, 0, 0), {})
     events = [stream.delta(i, 1_234_567_890_123) for i in range(200)]
@@ -105,7 +138,7 @@ def main() -> None:
         _per_call(lambda: SSEDecoder().feed(big), 200) / 200
     )
     payload = events[0].split(b"data: ", 1)[1].strip()
-    enc = zlib.compressobj(wbits=-12, memLevel=5)
+    enc = zlib.compressobj(wbits=-10, memLevel=3)  # wsproxy's deflate settings (wsproxy.cli)
 
     def deflate() -> None:
         enc.compress(payload)

@@ -360,7 +360,9 @@ def write_report(results: dict[str, Any], samples: dict[str, Any], out: Path, ou
         "CLOCK_MONOTONIC). CPU = utime+stime of the proxy process (nginx: master+worker) over the measured "
         "window, divided by deltas or responses delivered in it. `WS` targets negotiate "
         "permessage-deflate as the "
-        "`websockets` library (and so the openai SDK) does by default; `no deflate` does not offer it.",
+        "`websockets` library does by default (the openai SDK when given a `max_size`); wsproxy "
+        "compresses only messages of 1 KB or more by default (`limits.ws_compression_min_bytes`), "
+        "so deltas go out uncompressed; `no deflate` does not offer it.",
         "",
         *(
             [

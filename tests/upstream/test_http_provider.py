@@ -456,3 +456,39 @@ async def test_aclose_closes_the_connections(server: ScriptedServer, make_provid
     await p.aclose()
     async with asyncio.timeout(2):
         await server.conns[0].client_gone.wait()
+
+
+def _delta(seq: int, text: str) -> bytes:
+    payload = {
+        "type": "response.output_text.delta",
+        "sequence_number": seq,
+        "item_id": "msg_1",
+        "output_index": 0,
+        "content_index": 0,
+        "delta": text,
+    }
+    return b"event: response.output_text.delta\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+
+@bounded(10)
+async def test_events_of_one_read_are_marked_as_followed_except_before_a_terminal(
+    server: ScriptedServer, make_provider: Any, proto: str
+) -> None:
+    """Events that arrive in one read are marked ``more`` (a transport may write them at once),
+    but the last of a read is not (nothing is at hand behind it: it must not wait for the next
+    read), nor the one before the terminal event (which waits for the store)."""
+    created, completed = SSE_OK.split(b"\n\n")[:2]
+    together = _delta(1, "a") + _delta(2, "b") + _delta(3, "c")
+    ending = _delta(4, "d") + _delta(5, "e") + completed + b"\n\n"
+    script(server, sse(created + b"\n\n", together, ending, delay=0.1))
+    events = await collect(make_provider(server, proto))
+    marks = [(e.type.rsplit(".", 1)[-1], e.more) for e in events]
+    assert marks == [
+        ("created", False),  # alone in its read
+        ("delta", True),
+        ("delta", True),
+        ("delta", False),  # the last of its read
+        ("delta", True),
+        ("delta", False),  # before the terminal event
+        ("completed", False),
+    ]

@@ -257,6 +257,13 @@ class SSEResponse(_Streamed):
         await self._send(send, {"type": "http.response.body", "body": body, "more_body": True})
         self.tracker.saw(event)
 
+    async def _events(self, send: Send, events: list[Event]) -> None:
+        """Events that arrived together, in one write (one syscall instead of one each)."""
+        body = b"".join([encode_event(event.type, event.data) for event in events])
+        await self._send(send, {"type": "http.response.body", "body": body, "more_body": True})
+        for event in events:
+            self.tracker.saw(event)
+
     async def _watchdog(self, send: Send, body_task: asyncio.Task[Any]) -> None:
         limits = self.runtime.settings.limits
         interval, slow = limits.sse_keepalive_interval, limits.slow_client_timeout
@@ -297,8 +304,18 @@ class SSEResponse(_Streamed):
         try:
             if first is not None:
                 await self._event(send, first)
+            held: list[Event] = []
             async for event in self.events:
-                await self._event(send, event)
+                if event.more:
+                    held.append(event)  # another is at hand: one write for both
+                elif held:
+                    held.append(event)
+                    await self._events(send, held)
+                    held = []
+                else:
+                    await self._event(send, event)
+            if held:
+                await self._events(send, held)
         finally:
             watchdog.cancel()
         tail = DONE if limits.sse_done_sentinel else b""

@@ -30,14 +30,19 @@ LEGACY_TERMINAL_TYPES = frozenset({"response.done"})
 
 
 class Event:
-    """One Responses event: its type and its single-line JSON payload."""
+    """One Responses event: its type and its single-line JSON payload.
 
-    __slots__ = ("data", "seq", "type")
+    ``more`` says that another event is already at hand behind this one (it came in the same
+    upstream read): a transport that can may write both at once. It never delays an event.
+    """
+
+    __slots__ = ("data", "more", "seq", "type")
 
     def __init__(self, type: str, data: bytes, seq: int = -1) -> None:
         self.type = type
         self.data = data
         self.seq = seq
+        self.more = False
 
     @classmethod
     def build(cls, payload: dict[str, Any]) -> Event:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import itertools
 import logging
 import time
 from collections.abc import AsyncGenerator, Mapping
@@ -195,6 +196,7 @@ class HTTPProvider:
         decoder = SSEDecoder()
         sent = 0
         upstream_ended = False  # the upstream's own terminal event came
+        pending: list[Event] = []  # the events of the current read, not yet yielded
         try:
             failure: tuple[str, str] | None = None
             try:
@@ -213,9 +215,18 @@ class HTTPProvider:
                             self._check_order(event, sent)
                             sent += 1
                             upstream_ended = upstream_ended or event.terminal
-                            yield event
+                            pending.append(event)
                         if translator.done:
                             break
+                    # The events of one read go on together, each marked when another follows
+                    # (a transport may then write them at once; none waits for the next read).
+                    # Not the one before a terminal event: that one waits for the store.
+                    if pending:
+                        for event, following in itertools.pairwise(pending):
+                            event.more = not following.terminal
+                        for event in pending:
+                            yield event
+                        pending.clear()
                     if not chunk:
                         break
             except _OutOfOrder as exc:
@@ -233,6 +244,9 @@ class HTTPProvider:
                     raise
                 code = "upstream_timeout" if isinstance(err, UpstreamTimeout) else "server_error"
                 failure = (code, err.message)
+            for event in pending:  # what came before the failure, in the same read
+                event.more = False
+                yield event
             if failure is not None:
                 log.warning("provider=%s failed after %d events: %s", self.name, sent, failure[1])
                 for event in translator.fail(*failure):
