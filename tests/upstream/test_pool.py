@@ -1025,3 +1025,20 @@ async def test_h2_unread_bytes_of_closed_streams_go_back_to_the_connection_windo
     _, data = await fetch(pool, "/last")
     assert data == piece + piece
     assert server.connections == 1
+
+
+@bounded(10)
+async def test_h1_header_with_a_line_break_is_refused_before_anything_is_sent(
+    server: ScriptedServer, make_pool: MakePool
+) -> None:
+    from wsproxy.errors import UpstreamError
+
+    pool = make_pool(server.url, "1.1")
+    with pytest.raises(UpstreamError, match="line break"):
+        await pool.request("POST", "/x", [("x-note", "a\r\nx-forged: 1")], b"")
+    with pytest.raises(UpstreamError, match="Latin-1"):
+        await pool.request("POST", "/x", [("authorization", "Bearer \u2603")], b"")
+    _, data = await fetch(pool, "/y")
+    assert data == b"ok"
+    assert [r.route for r in server.requests] == ["/y"]
+    assert server.connections == 1 and pool.connection_count == 1

@@ -25,7 +25,7 @@ from collections import deque
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from wsproxy.errors import UpstreamTimeout, UpstreamUnavailable
+from wsproxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from wsproxy.settings import ProviderSettings
 from wsproxy.upstream.body import Body
 from wsproxy.upstream.h1 import H1Connection, H1Response, StaleConnection
@@ -84,6 +84,14 @@ class UpstreamResponse:
         if not self.closed:
             self.closed = True
             self._head.release()
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def ssl_context(verify: str, http2: bool) -> ssl.SSLContext:
@@ -148,6 +156,12 @@ class ConnectionPool:
     ) -> UpstreamResponse:
         """Send a request and return once the answer's head arrived. Errors are ``ProxyError``."""
         target = self.prefix + path
+        for name, value in headers:
+            # (Configured headers only; still, a line break would forge a header.)
+            if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
+                raise UpstreamError(f"Provider '{self.name}': header {name!r} has a line break.")
+            if not (name + value).isascii() and not _latin1(name + value):
+                raise UpstreamError(f"Provider '{self.name}': header {name!r} is not Latin-1.")
         for attempt in range(MAX_ATTEMPTS):
             conn = await self._acquire()
             head: H1Response | H2Response
