@@ -202,3 +202,25 @@ def test_compression_threshold_setting_reaches_the_factory() -> None:
     everything = load_settings(None, environ={"WSPROXY_LIMITS_WS_COMPRESSION_MIN_BYTES": "0"})
     assert cli.build_config(default, app=object()).wsproxy_deflate.min_bytes == 1024  # type: ignore[attr-defined]
     assert cli.build_config(everything, app=object()).wsproxy_deflate.min_bytes == 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 70000])
+def test_plain_text_frames_are_written_as_websockets_would_write_them(length: int) -> None:
+    data = ("é" * (length // 2) + "x" * (length % 2)).encode()
+    assert len(data) == length
+    frame = frames.Frame(frames.OP_TEXT, data)
+    assert cli.text_frame_header(length) + data == frame.serialize(mask=False, extensions=[])
+
+
+def test_long_messages_and_many_small_ones_reach_the_client_intact(make_cli_proxy: Any) -> None:
+    # Both paths on one connection: small frames written by wsproxy, large ones compressed by
+    # websockets (over 1 KB), in order, with and without compression negotiated.
+    server = make_cli_proxy()
+    url = f"ws://127.0.0.1:{server.port}/v1/responses"
+    for compression in ("deflate", None):
+        with connect(url, compression=compression, open_timeout=5, max_size=None) as ws:
+            long_input = "word " * 40_000  # a 200 KB request; the answer echoes some of it
+            events = run_response(ws, input=long_input, store=False, instructions="x" * 70_000)
+            assert events[-1]["type"] == "response.completed"
+            assert [e["sequence_number"] for e in events] == list(range(len(events)))
+            assert events[-1]["response"]["instructions"] == "x" * 70_000  # > 64 KB frame

@@ -37,21 +37,29 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 
 
 class UvicornThread:
-    """wsproxy (or any ASGI app) under real uvicorn, uvloop + httptools, in a thread."""
+    """wsproxy (or any ASGI app) under real uvicorn, uvloop + httptools, in a thread, with the
+    protocol classes ``wsproxy serve`` uses (bounded request heads; WebSocket frames written by
+    wsproxy, compression as configured by default)."""
 
     def __init__(self, app: Any, **config: Any) -> None:
+        from wsproxy import cli
+        from wsproxy.settings import LimitSettings
+
         self.port = free_port()
         self.config = uvicorn.Config(
             app,
             host="127.0.0.1",
             port=self.port,
             loop="uvloop",
-            http="httptools",
-            ws="websockets-sansio",
+            http=cli.BoundedHttpToolsProtocol,
+            ws=cli.LeanWebSocketProtocol,
             lifespan="on",
             log_level="warning",
             access_log=False,
             **config,
+        )
+        self.config.wsproxy_deflate = cli.deflate_factory(  # type: ignore[attr-defined]
+            LimitSettings().ws_compression_min_bytes
         )
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self._run, daemon=True, name=f"uvicorn-{self.port}")
