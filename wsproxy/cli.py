@@ -216,6 +216,9 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
             self.conn.available_extensions = [getattr(self.config, "wsproxy_deflate", LEAN_DEFLATE)]
         # Text messages shorter than this go out as plain frames (-1: not known yet).
         self._plain_below = -1
+        # Frames of messages marked ``wsproxy.more`` (another follows at once), written together
+        # with the next one, or at the end of this event-loop iteration at the latest.
+        self._held: list[bytes] | None = None
 
     async def send(self, message: Any) -> None:
         # One delta is one text frame: header + UTF-8 payload, written as websockets would write
@@ -235,9 +238,30 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         ):
             data = text.encode()
             if len(data) < self._plain_threshold():
-                self.transport.write(text_frame_header(len(data)) + data)
+                frame = text_frame_header(len(data)) + data
+                held = self._held
+                if message.get("wsproxy.more"):
+                    if held is None:
+                        self._held = [frame]
+                        asyncio.get_running_loop().call_soon(self._flush_held)
+                    else:
+                        held.append(frame)
+                elif held:
+                    held.append(frame)
+                    self._held = None
+                    self.transport.write(b"".join(held))
+                else:
+                    self.transport.write(frame)
                 return
+        self._flush_held()
         await super().send(message)
+
+    def _flush_held(self) -> None:
+        held = self._held
+        if held:
+            self._held = None
+            if not self.transport.is_closing():
+                self.transport.write(b"".join(held))
 
     def _plain_threshold(self) -> int:
         if self._plain_below < 0:

@@ -224,3 +224,49 @@ def test_long_messages_and_many_small_ones_reach_the_client_intact(make_cli_prox
             assert events[-1]["type"] == "response.completed"
             assert [e["sequence_number"] for e in events] == list(range(len(events)))
             assert events[-1]["response"]["instructions"] == "x" * 70_000  # > 64 KB frame
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def _open_protocol() -> tuple[Any, _Transport]:
+    """A LeanWebSocketProtocol past its handshake (only what its frame path reads)."""
+    import asyncio as aio
+
+    from websockets.protocol import State
+    from websockets.server import ServerProtocol
+
+    proto: Any = object.__new__(cli.LeanWebSocketProtocol)
+    proto.conn = ServerProtocol()
+    proto.conn.state = State.OPEN
+    proto.handshake_complete, proto.close_sent, proto.disconnected = True, False, False
+    proto.writable = aio.Event()
+    proto.writable.set()
+    proto._plain_below, proto._held = -1, None
+    proto.transport = transport = _Transport()
+    return proto, transport
+
+
+async def test_frames_marked_more_go_out_in_one_write_and_never_wait_past_the_loop_iteration() -> None:
+    import asyncio as aio
+
+    proto, transport = _open_protocol()
+    texts = [f'{{"n":{i}}}' for i in range(4)]
+    wire = [cli.text_frame_header(len(t)) + t.encode() for t in texts]
+    await proto.send({"type": "websocket.send", "text": texts[0], "wsproxy.more": True})
+    await proto.send({"type": "websocket.send", "text": texts[1], "wsproxy.more": True})
+    assert transport.writes == []  # held: the next one is at hand
+    await proto.send({"type": "websocket.send", "text": texts[2]})
+    assert transport.writes == [wire[0] + wire[1] + wire[2]]  # one syscall for three frames
+    # A marked frame whose follower never comes still goes out in this loop iteration.
+    await proto.send({"type": "websocket.send", "text": texts[3], "wsproxy.more": True})
+    await aio.sleep(0)
+    assert transport.writes == [wire[0] + wire[1] + wire[2], wire[3]]

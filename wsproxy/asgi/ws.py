@@ -166,14 +166,14 @@ class WSSession:
     def _writer_done(self, _: asyncio.Task[None]) -> None:
         self.wakeup("writer")
 
-    async def send(self, text: str | bytes) -> None:
+    async def send(self, text: str | bytes, more: bool = False) -> None:
         if self.closed:
             raise asyncio.CancelledError
         out = self.out
         if not self._busy and (out is None or out.empty()):
             # Nothing is ahead of this frame: it is written now, from this task, instead of
             # waking the writer task for it (one event-loop hop less per delta).
-            await self._write_now(text)
+            await self._write_now(text, more)
             return
         out = self._outgoing()
         try:
@@ -185,7 +185,7 @@ class WSSession:
             except TimeoutError:
                 raise _SlowClient from None
 
-    async def _write_now(self, text: str | bytes) -> None:
+    async def _write_now(self, text: str | bytes, more: bool = False) -> None:
         """A send returns at once unless the client's TCP window is full; then it waits (the
         backpressure that stops this response reading its upstream), watched by one lazily
         re-armed timer per session instead of a timeout per frame: stuck for
@@ -196,10 +196,16 @@ class WSSession:
             self._stuck_timer = loop.call_at(now + self.limits.slow_client_timeout, self._check_stuck)
         self._since = now
         self._busy += 1
+        message: dict[str, Any] = {
+            "type": "websocket.send",
+            "text": text.decode() if isinstance(text, bytes) else text,
+        }
+        if more:
+            # Another frame follows at once (Event.more): wsproxy's protocol class writes both
+            # with one syscall; any other server ignores the key.
+            message["wsproxy.more"] = True
         try:
-            await self.ws._send(
-                {"type": "websocket.send", "text": text.decode() if isinstance(text, bytes) else text}
-            )
+            await self.ws._send(message)
         except OSError:
             # The client is gone: the session ends (as when the writer task finds it gone).
             self.ws.application_state = WebSocketState.DISCONNECTED
@@ -428,7 +434,7 @@ class WSSession:
             tracker = ResponseTracker(runtime, run, "ws")
             events = runtime.engine.events(run)
             async for event in events:
-                await self.send(ws_event_text(event, lane))
+                await self.send(ws_event_text(event, lane), event.more)
                 tracker.saw(event)
             ok = run.status == "completed"
         except ProxyError as exc:
