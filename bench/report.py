@@ -242,15 +242,24 @@ def targets_table(results: dict[str, Any]) -> list[str]:
         r = _row(c200, key)
         if r:
             rate = r.get("rate_vs_direct")
-            vs = r.get("added_lat_p99_us_vs_nginx")
             cpu = r.get("cpu_util")
-            held = rate is not None and rate >= 0.98 and (vs is None or vs <= 2.0 or not ng200)
+            # p99 against nginx's: the added figures when nginx adds a measurable amount, else
+            # (nginx adds nothing measurable under load) the absolute per-delta p99s.
+            ng_added, ng_abs = ng200.get("added_lat_p99_us"), ng200.get("lat_p99_us")
+            if ng_added is not None and ng_added > 0:
+                vs, basis = r.get("added_lat_p99_us_vs_nginx"), "added"
+            elif ng_abs and r.get("lat_p99_us") is not None:
+                vs, basis = r["lat_p99_us"] / ng_abs, "absolute"
+            else:
+                vs, basis = None, "n/a"
+            held = rate is not None and rate >= 0.98 and vs is not None and vs <= 2.0
             rows.append(
                 (
                     f"{TARGETS[key].label}: 200 sessions at 5 ms on one core, no backlog, "
                     "p99 within 2x nginx",
                     f"{f(rate, 2)}x the direct rate, CPU {f(100 * cpu if cpu is not None else None)}%, "
-                    f"p99 added {f(r.get('added_lat_p99_us'))} us = {f(vs, 1)}x nginx",
+                    f"p99 added {f(r.get('added_lat_p99_us'))} us, absolute {f(r.get('lat_p99_us'))} us "
+                    f"= {f(vs, 1)}x nginx ({basis})",
                     ok(held),
                 )
             )
