@@ -7,10 +7,13 @@ SessionRules`; this module only moves data:
   OpenAI's JSON error (clients see the status code);
 - one reader loop parses ``response.create`` frames and hands them to the rules; each started
   response runs in its own task, owned by the session and cancelled when it ends;
-- one writer task sends frames from a bounded queue (both made with the first frame to send): a
-  slow client fills the queue, the queue blocks the response tasks, they stop reading their
-  upstream (backpressure). A client that takes nothing for ``slow_client_timeout`` is closed with
-  1013;
+- a response task writes its frame itself while nothing is ahead of it (the write returns at
+  once unless the client's TCP window is full). Behind a blocked write, frames queue for one
+  writer task (the bounded queue and the task are made the first time they are needed): a slow
+  client blocks the write or fills the queue, which blocks the response tasks, and they stop
+  reading their upstream (backpressure). A client that takes nothing for
+  ``slow_client_timeout`` is closed with 1013 (a blocked direct write is watched by one timer per
+  session, the queue by a timeout on the blocked put);
 - the session waits on one future, woken by whichever comes first: the reader or writer ending,
   a stuck client, the age limit (a timer), or shutdown (one watch task per runtime);
 - at the connection age limit the client gets ``websocket_connection_limit_reached`` and a 1000
