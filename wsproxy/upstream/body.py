@@ -19,6 +19,9 @@ from collections.abc import Callable
 
 from wsproxy.errors import ProxyError, UpstreamTimeout
 
+# The most one read joins from several buffered chunks.
+READ_MAX = 64 * 1024
+
 
 class Body:
     __slots__ = (
@@ -92,9 +95,18 @@ class Body:
                 raise self._error
             await self._wait()
         chunks = self._chunks
-        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-        chunks.clear()
-        self.buffered = 0
+        if len(chunks) == 1:
+            data = chunks.popleft()
+        else:
+            # Several chunks at once, joined up to READ_MAX: what one read hands on (and what
+            # is decoded and written in one go downstream) stays bounded.
+            taken = [chunks.popleft()]
+            size = len(taken[0])
+            while chunks and size + len(chunks[0]) <= READ_MAX:
+                size += len(chunks[0])
+                taken.append(chunks.popleft())
+            data = b"".join(taken)
+        self.buffered -= len(data)
         self._consumed(len(data))
         return data
 
