@@ -8,6 +8,7 @@ RST_STREAM codes, streams open at once) is asserted, not only what the client go
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
@@ -1042,3 +1043,46 @@ async def test_h1_header_with_a_line_break_is_refused_before_anything_is_sent(
     assert data == b"ok"
     assert [r.route for r in server.requests] == ["/y"]
     assert server.connections == 1 and pool.connection_count == 1
+
+
+@bounded(10)
+async def test_h2_stream_reset_while_the_request_body_waits_for_window_is_a_clean_error(
+    make_pool: MakePool,
+) -> None:
+    """A server that resets the stream instead of opening its flow-control window for the rest
+    of a large request body: the request fails with UpstreamUnavailable, not an h2 exception."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.settings
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.local_settings = h2.settings.Settings(
+            client=False, initial_values={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1000}
+        )
+        conn.initiate_connection()
+        writer.write(conn.data_to_send())
+        try:
+            while data := await reader.read(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        await asyncio.sleep(0.1)  # the client is now waiting for window
+                        conn.reset_stream(event.stream_id, ErrorCodes.INTERNAL_ERROR)
+                writer.write(conn.data_to_send())
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        pool = make_pool(f"http://127.0.0.1:{port}/v1", "2")
+        with pytest.raises(UpstreamUnavailable, match="reset"):
+            await pool.request("POST", "/x", [], b"b" * 100_000)
+        await pool.aclose()  # the server's handler sees the end of the connection
+    finally:
+        server.close()
+        async with asyncio.timeout(5):
+            await server.wait_closed()

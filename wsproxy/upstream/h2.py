@@ -279,9 +279,14 @@ class H2Connection(asyncio.Protocol):
         view = memoryview(body)
         deadline = self.loop.time() + write_timeout
         while view:
+            if stream.head.done():
+                return  # answered (or failed) before the whole body went: the head says which
             if self.closed:
                 raise UpstreamUnavailable(f"The connection to provider '{self._name}' failed while sending.")
-            window = min(conn.local_flow_control_window(stream.id), conn.max_outbound_frame_size)
+            try:
+                window = min(conn.local_flow_control_window(stream.id), conn.max_outbound_frame_size)
+            except h2.exceptions.H2Error as exc:
+                raise UpstreamUnavailable(f"Provider '{self._name}' closed the stream: {exc}.") from None
             if window <= 0:
                 waiter = stream.send_window = self.loop.create_future()
                 try:
