@@ -19,8 +19,8 @@ from wsproxy.upstream.body import Body
 
 # Bounds: the response head, and the body bytes buffered ahead of a slow reader.
 MAX_HEAD_BYTES = 64 * 1024
-HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
+HIGH_WATER = 1024 * 1024
+LOW_WATER = 256 * 1024
 
 
 class StaleConnection(Exception):
