@@ -110,20 +110,26 @@ class HTTPProvider:
         }
         return self.dialect.error_from_status(response.status, body, keep)
 
-    def _retry_wait(self, error: ProxyError, attempt: int, deadline: float) -> float | None:
-        """Seconds to wait before the next attempt, or None: give up (the caller may fail over)."""
+    def _retry_deadline(self) -> float:
+        return time.monotonic() + self.settings.retry_max_wait * (self.settings.max_retries + 1)
+
+    async def _before_retry(self, error: ProxyError, attempt: int, deadline: float) -> None:
+        """Wait before attempt ``attempt + 1`` (honouring ``Retry-After``), or raise ``error``:
+        not retryable, out of attempts, or a wait past what we may spend (the caller may fail
+        over)."""
         if not error.retryable or attempt >= self.settings.max_retries:
-            return None
+            raise error
         wait = retry_after_seconds(error.headers, time.time())
         if wait is None:
             wait = min(self.settings.retry_max_wait, 0.25 * (2**attempt))
         if wait > self.settings.retry_max_wait or time.monotonic() + wait > deadline:
-            return None  # the provider asks for longer than we may wait: fail over now
-        return wait
+            raise error  # the provider asks for longer than we may wait: fail over now
+        log.info("retrying provider=%s attempt=%d wait=%.2fs after %r", self.name, attempt + 1, wait, error)
+        await asyncio.sleep(wait)
 
     async def _open(self, req: UpstreamRequest) -> UpstreamResponse:
         """Send with bounded retries on 429, 5xx and transport errors (for plain JSON calls)."""
-        deadline = time.monotonic() + self.settings.retry_max_wait * (self.settings.max_retries + 1)
+        deadline = self._retry_deadline()
         attempt = 0
         while True:
             try:
@@ -133,14 +139,8 @@ class HTTPProvider:
                 error: ProxyError = await self._error_from(response)
             except ProxyError as exc:
                 error = exc
-            wait = self._retry_wait(error, attempt, deadline)
-            if wait is None:
-                raise error
-            log.info(
-                "retrying provider=%s attempt=%d wait=%.2fs after %r", self.name, attempt + 1, wait, error
-            )
+            await self._before_retry(error, attempt, deadline)
             attempt += 1
-            await asyncio.sleep(wait)
 
     async def post_json(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """A plain JSON call (e.g. ``/responses/compact``), with the same retries and mapping."""
@@ -166,7 +166,7 @@ class HTTPProvider:
         """Attempts with bounded retries on 429, 5xx, transport errors and timeouts, as long as
         no event was yielded; after the first event nothing is retried."""
         req = self.dialect.build_request(call)
-        deadline = time.monotonic() + self.settings.retry_max_wait * (self.settings.max_retries + 1)
+        deadline = self._retry_deadline()
         attempt = 0
         while True:
             try:
@@ -175,14 +175,8 @@ class HTTPProvider:
                         yield event
                 return
             except ProxyError as error:  # raised by _attempt only before its first event
-                wait = self._retry_wait(error, attempt, deadline)
-                if wait is None:
-                    raise
-                log.info(
-                    "retrying provider=%s attempt=%d wait=%.2fs after %r", self.name, attempt + 1, wait, error
-                )
-                attempt += 1
-                await asyncio.sleep(wait)
+                await self._before_retry(error, attempt, deadline)
+            attempt += 1
 
     async def _attempt(
         self, req: UpstreamRequest, call: UpstreamCall, response_id: str, created_at: int
