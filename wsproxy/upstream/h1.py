@@ -10,21 +10,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import cast
 
 import httptools
 
 from wsproxy.errors import ProxyError, UpstreamUnavailable
 from wsproxy.upstream.body import Body
+from wsproxy.upstream.wire import StaleConnection, WireProtocol
 
 # Bounds: the response head, and the body bytes buffered ahead of a slow reader.
 MAX_HEAD_BYTES = 64 * 1024
 HIGH_WATER = 1024 * 1024
 LOW_WATER = 256 * 1024
-
-
-class StaleConnection(Exception):
-    """The server closed a reused keep-alive connection before answering: safe to retry."""
 
 
 class H1Response:
@@ -42,7 +38,7 @@ class H1Response:
         self._conn.finish(self.body.done)
 
 
-class H1Connection(asyncio.Protocol):
+class H1Connection(WireProtocol):
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
@@ -51,13 +47,9 @@ class H1Connection(asyncio.Protocol):
         on_idle: Callable[[H1Connection], None],
         on_close: Callable[[H1Connection], None],
     ) -> None:
-        self._loop = loop
-        self._name = provider
-        self._idle_timeout = idle_timeout
+        super().__init__(loop, provider, idle_timeout)
         self._on_idle = on_idle
         self._on_close = on_close
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
         self.used = 0  # requests sent on this connection
         self.idle_since = loop.time()
         self._parser = httptools.HttpResponseParser(self)
@@ -75,10 +67,6 @@ class H1Connection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
 
     # -- asyncio.Protocol
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # (uvloop's transports implement asyncio.Transport without subclassing it)
-        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self._got_bytes = True
@@ -139,7 +127,7 @@ class H1Connection(asyncio.Protocol):
         self._until_close = "content-length" not in headers and "chunked" not in headers.get(
             "transfer-encoding", ""
         )
-        body = self._body = Body(self._loop, self._idle_timeout, self._name, self._consumed)
+        body = self._body = Body(self.loop, self._idle_timeout, self._name, self._consumed)
         head = self._head
         self._head = None
         if head is not None and not head.done():
@@ -175,7 +163,7 @@ class H1Connection(asyncio.Protocol):
         self._head_bytes = 0
         self._complete = False
         self._got_bytes = False
-        head_future: asyncio.Future[H1Response] = self._loop.create_future()
+        head_future: asyncio.Future[H1Response] = self.loop.create_future()
         self._head = head_future
         try:
             transport.write(head + body if len(body) < 16384 else head)
@@ -190,7 +178,7 @@ class H1Connection(asyncio.Protocol):
             raise
 
     async def _drained(self, write_timeout: float) -> None:
-        self._drain = self._loop.create_future()
+        self._drain = self.loop.create_future()
         try:
             async with asyncio.timeout(write_timeout):
                 await self._drain
@@ -215,7 +203,7 @@ class H1Connection(asyncio.Protocol):
         if body is not None:
             body.close()
         if complete and self._complete and self._keep_alive and not self.closed:
-            self.idle_since = self._loop.time()
+            self.idle_since = self.loop.time()
             if self._paused and self.transport is not None:
                 self._paused = False
                 self.transport.resume_reading()
@@ -230,12 +218,5 @@ class H1Connection(asyncio.Protocol):
         if self._body is not None:
             self._body.fail(error)
 
-    def _abort(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.closed = True
-            self.transport.abort()
-
     def close(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.closed = True
-            self.transport.close()
+        self._close_transport()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import cast
 
 import h2.config
 import h2.connection
@@ -26,7 +25,7 @@ from h2.errors import ErrorCodes
 
 from wsproxy.errors import ProxyError, UpstreamUnavailable
 from wsproxy.upstream.body import Body
-from wsproxy.upstream.h1 import StaleConnection
+from wsproxy.upstream.wire import StaleConnection, WireProtocol
 
 # Streams opened on one connection at most, whatever the server allows: beyond it another
 # connection spreads the load (one TCP window, one event-loop callback per read).
@@ -72,7 +71,7 @@ class _Stream:
         self.consumed = 0  # of those, read (or padding): given back in batches of ACK_EVERY
 
 
-class H2Connection(asyncio.Protocol):
+class H2Connection(WireProtocol):
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
@@ -81,15 +80,11 @@ class H2Connection(asyncio.Protocol):
         on_free: Callable[[H2Connection], None],
         on_close: Callable[[H2Connection], None],
     ) -> None:
-        self.loop = loop
-        self._name = provider
-        self._idle_timeout = idle_timeout
+        super().__init__(loop, provider, idle_timeout)
         self._on_free = on_free
         self._on_close = on_close
         self._h2 = h2.connection.H2Connection(config=_CONFIG)
         self._streams: dict[int, _Stream] = {}
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
         self.going_away = False  # GOAWAY received (or sent): no new streams
         self.idle_since = loop.time()
 
@@ -109,8 +104,7 @@ class H2Connection(asyncio.Protocol):
     # -- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # (uvloop's transports implement asyncio.Transport without subclassing it)
-        self.transport = cast(asyncio.Transport, transport)
+        super().connection_made(transport)
         conn = self._h2
         conn.local_settings = h2.settings.Settings(
             client=True,
@@ -366,16 +360,6 @@ class H2Connection(asyncio.Protocol):
         data = self._h2.data_to_send()
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)
-
-    def _abort(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.closed = True
-            self.transport.abort()
-
-    def _close_transport(self) -> None:
-        if self.transport is not None and not self.closed:
-            self.closed = True
-            self.transport.close()
 
     def close(self) -> None:
         """Say goodbye (GOAWAY) and close, failing what is still open."""

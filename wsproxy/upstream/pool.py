@@ -28,8 +28,9 @@ from urllib.parse import urlsplit
 from wsproxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from wsproxy.settings import ProviderSettings
 from wsproxy.upstream.body import Body
-from wsproxy.upstream.h1 import H1Connection, H1Response, StaleConnection
+from wsproxy.upstream.h1 import H1Connection, H1Response
 from wsproxy.upstream.h2 import _CONNECTION_HEADERS, H2Connection, H2Response
+from wsproxy.upstream.wire import StaleConnection
 
 log = logging.getLogger("wsproxy.upstream")
 
