@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import threading
-import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -16,13 +15,13 @@ import uvicorn
 import uvloop
 
 from tests.conftest import proxy_settings
-from tests.fakes.servers import free_port
+from tests.fakes.servers import ServerThread, free_port
 from wsproxy import cli
 from wsproxy.asgi.app import create_app
 from wsproxy.runtime import Runtime
 
 
-class CliServer:
+class CliServer(ServerThread):
     def __init__(self, tmp_path: Path, **limits: Any) -> None:
         settings = proxy_settings(tmp_path)
         settings = settings.replace(
@@ -42,10 +41,6 @@ class CliServer:
             runner.run(self.server.serve())
 
     @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/v1/responses"
 
@@ -62,16 +57,3 @@ class CliServer:
     def ws_sessions(self) -> list[cli.LeanWebSocketProtocol]:
         connections = list(self.server.server_state.connections)
         return [c for c in connections if isinstance(c, cli.LeanWebSocketProtocol)]
-
-    def start(self) -> CliServer:
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)

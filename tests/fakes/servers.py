@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Self
 
 import uvicorn
 
@@ -36,7 +36,32 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
-class UvicornThread:
+class ServerThread:
+    """A uvicorn ``server`` running in ``thread``, listening on 127.0.0.1:``port``."""
+
+    port: int
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Self:
+        self.thread.start()
+        deadline = time.monotonic() + 15
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+class UvicornThread(ServerThread):
     """wsproxy (or any ASGI app) under real uvicorn, uvloop + httptools, in a thread, with the
     protocol classes ``wsproxy serve`` uses (bounded request heads; WebSocket frames written by
     wsproxy, compression as configured by default)."""
@@ -70,23 +95,6 @@ class UvicornThread:
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self.server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
         self.server.run()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> UvicornThread:
-        self.thread.start()
-        deadline = time.monotonic() + 15
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
 
     @property
     def app_state(self) -> Any:
