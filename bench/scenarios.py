@@ -41,18 +41,7 @@ ALL = (
 SINGLE = tuple(k for k in ALL if k != "ws-sse-h2")
 PACED = ("direct", "direct-chat", "nginx", "ws-sse", "ws-ws", "ws-ws-h2", "ws-ws-cc")
 CORE = ("direct", "nginx", "ws-sse", "ws-ws")
-SHORT = (
-    "direct",
-    "direct-chat",
-    "nginx",
-    "ws-sse",
-    "ws-ws",
-    "ws-ws-raw",
-    "ws-sse-h2",
-    "ws-ws-h2",
-    "ws-sse-cc",
-    "ws-ws-cc",
-)
+SHORT = ALL  # short answers (per-response cost): every target
 METRICS = ("lat_p50_us", "lat_p99_us", "lat_p999_us", "ttfd_p50_us", "ttfd_p99_us")
 
 
