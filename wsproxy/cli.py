@@ -90,13 +90,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._in_head = True
         self._head_bytes = 0
+        self._messages = 0  # requests parsed to their end
 
     def data_received(self, data: bytes) -> None:
         if not self._in_head:
             super().data_received(data)
             return
+        messages = self._messages
         super().data_received(data)
-        if self._in_head and not self.transport.is_closing():
+        # Counted only when the whole chunk went to an unfinished head. A chunk in which a
+        # request ended also held its body (a large POST often arrives whole in one read): those
+        # bytes are no head, and the next head, if any, starts counting with the next chunk.
+        if self._in_head and self._messages == messages and not self.transport.is_closing():
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head_bytes:
                 body = (
@@ -119,6 +124,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self._in_head = True
+        self._messages += 1
 
 
 # permessage-deflate for WebSocket mode. A zlib compressor takes 2^(wbits+2) + 2^(memLevel+9)
