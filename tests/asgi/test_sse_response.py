@@ -11,7 +11,7 @@ from typing import Any
 from wsproxy.asgi.http import SSEResponse
 from wsproxy.core.events import Event
 from wsproxy.core.sse import encode_event
-from wsproxy.metrics import Metrics
+from wsproxy.observability.metrics import Metrics
 from wsproxy.settings import LimitSettings
 
 

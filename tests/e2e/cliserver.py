@@ -1,4 +1,4 @@
-"""wsproxy on ``cli.build_config`` (the protocol classes ``wsproxy serve`` runs) in a thread of its
+"""wsproxy on ``srv.build_config`` (the protocol classes ``wsproxy serve`` runs) in a thread of its
 own, with its event loop and runtime at hand. Bound to 127.0.0.1; stopped by the fixture that
 started it."""
 
@@ -14,11 +14,11 @@ from typing import Any
 import uvicorn
 import uvloop
 
+import wsproxy.server as srv
 from tests.conftest import proxy_settings
 from tests.fakes.servers import ServerThread, free_port
-from wsproxy import cli
 from wsproxy.asgi.app import create_app
-from wsproxy.runtime import Runtime
+from wsproxy.service.wiring import Runtime
 
 
 class CliServer(ServerThread):
@@ -29,7 +29,7 @@ class CliServer(ServerThread):
         )
         self.port = settings.port
         self.app = create_app(settings, environ={})
-        self.config = cli.build_config(settings, app=self.app)
+        self.config = srv.build_config(settings, app=self.app)
         self.server = uvicorn.Server(self.config)
         self.loop: asyncio.AbstractEventLoop | None = None
         # uvicorn installs no signal handlers outside the main thread.
@@ -54,6 +54,6 @@ class CliServer(ServerThread):
         assert self.loop is not None
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
-    def ws_sessions(self) -> list[cli.LeanWebSocketProtocol]:
+    def ws_sessions(self) -> list[srv.LeanWebSocketProtocol]:
         connections = list(self.server.server_state.connections)
-        return [c for c in connections if isinstance(c, cli.LeanWebSocketProtocol)]
+        return [c for c in connections if isinstance(c, srv.LeanWebSocketProtocol)]

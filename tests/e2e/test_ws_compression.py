@@ -1,5 +1,5 @@
 """permessage-deflate in WebSocket mode, on the uvicorn configuration ``wsproxy serve`` runs
-(``cli.build_config``): negotiated with the ``websockets`` client library (which the openai SDK
+(``srv.build_config``): negotiated with the ``websockets`` client library (which the openai SDK
 uses), zlib streams created only on first use, and ``limits.ws_compression = false``."""
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from websockets import frames
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory, PerMessageDeflate
 from websockets.sync.client import connect
 
+import wsproxy.server as srv
 from tests.e2e.cliserver import CliServer
 from tests.e2e.sdk import client
-from wsproxy import cli
 
 TERMINAL = ("response.completed", "response.failed", "response.incomplete", "error")
 
 
-def one_session(server: CliServer, timeout: float = 5.0) -> cli.LeanWebSocketProtocol:
+def one_session(server: CliServer, timeout: float = 5.0) -> srv.LeanWebSocketProtocol:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         sessions = [s for s in server.ws_sessions() if s.handshake_complete]
@@ -48,11 +48,11 @@ def test_websockets_client_negotiates_the_lean_deflate_and_streams(make_cli_prox
         (ext,) = ws.protocol.extensions
         assert isinstance(ext, PerMessageDeflate)
         # The server's window, as the client was told to expect it, and the client's.
-        assert ext.remote_max_window_bits == cli.DEFLATE_SERVER_WINDOW_BITS
-        assert ext.local_max_window_bits == cli.DEFLATE_CLIENT_WINDOW_BITS
+        assert ext.remote_max_window_bits == srv.DEFLATE_SERVER_WINDOW_BITS
+        assert ext.local_max_window_bits == srv.DEFLATE_CLIENT_WINDOW_BITS
 
         (server_ext,) = one_session(server).conn.extensions
-        assert isinstance(server_ext, cli.LazyPerMessageDeflate)
+        assert isinstance(server_ext, srv.LazyPerMessageDeflate)
         # An idle session holds no zlib stream yet.
         assert "encoder" not in vars(server_ext)
         assert "decoder" not in vars(server_ext)
@@ -81,7 +81,7 @@ def test_openai_sdk_with_deflate_offered(make_cli_proxy: Any) -> None:
     options = {"max_size": 16 * 1024 * 1024, "compression": "deflate"}
     with client(server).responses.connect(websocket_connection_options=options) as conn:  # type: ignore[arg-type]
         (server_ext,) = one_session(server).conn.extensions
-        assert isinstance(server_ext, cli.LazyPerMessageDeflate)
+        assert isinstance(server_ext, srv.LazyPerMessageDeflate)
         for turn in range(3):
             conn.response.create(model="local", input=f"turn {turn}", store=False)
             events = []
@@ -109,9 +109,9 @@ def test_compression_off_negotiates_nothing(make_cli_proxy: Any) -> None:
 
 def negotiate(**client_options: Any) -> tuple[PerMessageDeflate, PerMessageDeflate]:
     factory = ClientPerMessageDeflateFactory(**client_options)
-    response, server_ext = cli.LEAN_DEFLATE.process_request_params(factory.get_request_params(), [])
+    response, server_ext = srv.LEAN_DEFLATE.process_request_params(factory.get_request_params(), [])
     client_ext = factory.process_response_params(response, [])
-    assert isinstance(server_ext, cli.LazyPerMessageDeflate)
+    assert isinstance(server_ext, srv.LazyPerMessageDeflate)
     return client_ext, server_ext
 
 
@@ -166,17 +166,17 @@ def test_ws_compression_setting_reaches_uvicorn() -> None:
     off = load_settings(None, environ={"WSPROXY_LIMITS_WS_COMPRESSION": "false"})
     assert on.limits.ws_compression is True
     assert off.limits.ws_compression is False
-    assert cli.build_config(on, app=object()).ws_per_message_deflate is True
-    assert cli.build_config(off, app=object()).ws_per_message_deflate is False
-    assert cli.build_config(on, app=object()).ws is cli.LeanWebSocketProtocol
+    assert srv.build_config(on, app=object()).ws_per_message_deflate is True
+    assert srv.build_config(off, app=object()).ws_per_message_deflate is False
+    assert srv.build_config(on, app=object()).ws is srv.LeanWebSocketProtocol
 
 
 def test_short_messages_go_out_uncompressed_and_both_windows_stay_in_step() -> None:
-    factory = cli.deflate_factory(min_bytes=300)
+    factory = srv.deflate_factory(min_bytes=300)
     client_factory = ClientPerMessageDeflateFactory()
     response, server_ext = factory.process_request_params(client_factory.get_request_params(), [])
     client_ext = client_factory.process_response_params(response, [])
-    assert isinstance(server_ext, cli.LazyPerMessageDeflate)
+    assert isinstance(server_ext, srv.LazyPerMessageDeflate)
     big = b'{"type":"response.completed","response":{"output":[%s]}}' % b",".join(deltas(8))
     messages = [*deltas(3), big, *deltas(3), big, big]
     for data in messages:
@@ -187,7 +187,7 @@ def test_short_messages_go_out_uncompressed_and_both_windows_stay_in_step() -> N
         assert client_ext.decode(wire).data == data
     # The compressor exists once something was worth compressing, and only then.
     assert "encoder" in vars(server_ext)
-    small_only = cli.deflate_factory(min_bytes=300).process_request_params(
+    small_only = srv.deflate_factory(min_bytes=300).process_request_params(
         ClientPerMessageDeflateFactory().get_request_params(), []
     )[1]
     for data in deltas(5):
@@ -200,8 +200,8 @@ def test_compression_threshold_setting_reaches_the_factory() -> None:
 
     default = load_settings(None, environ={})
     everything = load_settings(None, environ={"WSPROXY_LIMITS_WS_COMPRESSION_MIN_BYTES": "0"})
-    assert cli.build_config(default, app=object()).wsproxy_deflate.min_bytes == 1024  # type: ignore[attr-defined]
-    assert cli.build_config(everything, app=object()).wsproxy_deflate.min_bytes == 0  # type: ignore[attr-defined]
+    assert srv.build_config(default, app=object()).wsproxy_deflate.min_bytes == 1024  # type: ignore[attr-defined]
+    assert srv.build_config(everything, app=object()).wsproxy_deflate.min_bytes == 0  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("length", [0, 1, 125, 126, 127, 65535, 65536, 70000])
@@ -209,7 +209,7 @@ def test_plain_text_frames_are_written_as_websockets_would_write_them(length: in
     data = ("é" * (length // 2) + "x" * (length % 2)).encode()
     assert len(data) == length
     frame = frames.Frame(frames.OP_TEXT, data)
-    assert cli.text_frame_header(length) + data == frame.serialize(mask=False, extensions=[])
+    assert srv.text_frame_header(length) + data == frame.serialize(mask=False, extensions=[])
 
 
 def test_long_messages_and_many_small_ones_reach_the_client_intact(make_cli_proxy: Any) -> None:
@@ -244,7 +244,7 @@ def _open_protocol() -> tuple[Any, _Transport]:
     from websockets.protocol import State
     from websockets.server import ServerProtocol
 
-    proto: Any = object.__new__(cli.LeanWebSocketProtocol)
+    proto: Any = object.__new__(srv.LeanWebSocketProtocol)
     proto.conn = ServerProtocol()
     proto.conn.state = State.OPEN
     proto.handshake_complete, proto.close_sent, proto.disconnected = True, False, False
@@ -260,7 +260,7 @@ async def test_frames_marked_more_go_out_in_one_write_and_never_wait_past_the_lo
 
     proto, transport = _open_protocol()
     texts = [f'{{"n":{i}}}' for i in range(4)]
-    wire = [cli.text_frame_header(len(t)) + t.encode() for t in texts]
+    wire = [srv.text_frame_header(len(t)) + t.encode() for t in texts]
     await proto.send({"type": "websocket.send", "text": texts[0], "wsproxy.more": True})
     await proto.send({"type": "websocket.send", "text": texts[1], "wsproxy.more": True})
     assert transport.writes == []  # held: the next one is at hand

@@ -67,7 +67,7 @@ class UvicornThread(ServerThread):
     wsproxy, compression as configured by default)."""
 
     def __init__(self, app: Any, **config: Any) -> None:
-        from wsproxy import cli
+        import wsproxy.server as srv
         from wsproxy.settings import LimitSettings
 
         self.port = free_port()
@@ -76,14 +76,14 @@ class UvicornThread(ServerThread):
             host="127.0.0.1",
             port=self.port,
             loop="uvloop",
-            http=cli.BoundedHttpToolsProtocol,
-            ws=cli.LeanWebSocketProtocol,
+            http=srv.BoundedHttpToolsProtocol,
+            ws=srv.LeanWebSocketProtocol,
             lifespan="on",
             log_level="warning",
             access_log=False,
             **config,
         )
-        self.config.wsproxy_deflate = cli.deflate_factory(  # type: ignore[attr-defined]
+        self.config.wsproxy_deflate = srv.deflate_factory(  # type: ignore[attr-defined]
             LimitSettings().ws_compression_min_bytes
         )
         self.server = uvicorn.Server(self.config)

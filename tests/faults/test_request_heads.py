@@ -1,4 +1,4 @@
-"""The bounded request head (``cli.BoundedHttpToolsProtocol``) counts head bytes only: a request
+"""The bounded request head (``srv.BoundedHttpToolsProtocol``) counts head bytes only: a request
 whose head and large body arrive in one read is no oversized head."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 import uvicorn
 from uvicorn.server import ServerState
 
-from wsproxy import cli
+import wsproxy.server as srv
 
 
 class _Transport:
@@ -48,9 +48,9 @@ async def _app(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-def _protocol() -> tuple[cli.BoundedHttpToolsProtocol, _Transport]:
+def _protocol() -> tuple[srv.BoundedHttpToolsProtocol, _Transport]:
     config = uvicorn.Config(_app, lifespan="off", log_level="warning")
-    proto = cli.BoundedHttpToolsProtocol(config, ServerState(), {}, asyncio.get_running_loop())
+    proto = srv.BoundedHttpToolsProtocol(config, ServerState(), {}, asyncio.get_running_loop())
     transport = _Transport()
     proto.connection_made(transport)  # type: ignore[arg-type]
     return proto, transport
@@ -67,7 +67,7 @@ def _request(body_size: int, extra_headers: bytes = b"") -> bytes:
 
 async def test_head_and_a_large_body_in_one_read_are_not_an_oversized_head() -> None:
     proto, transport = _protocol()
-    proto.data_received(_request(cli.MAX_HEAD_BYTES + 40_000) * 2)  # two whole requests, one read
+    proto.data_received(_request(srv.MAX_HEAD_BYTES + 40_000) * 2)  # two whole requests, one read
     for _ in range(20):
         await asyncio.sleep(0)
     assert b" 431 " not in transport.written and not transport.closing
@@ -77,7 +77,7 @@ async def test_head_and_a_large_body_in_one_read_are_not_an_oversized_head() -> 
 async def test_a_head_over_the_bound_is_still_431() -> None:
     proto, transport = _protocol()
     # A head that trickles in and never ends (no blank line), past the bound.
-    head = b"POST /x HTTP/1.1\r\nhost: x\r\nx-pad: " + b"p" * (cli.MAX_HEAD_BYTES + 1000)
+    head = b"POST /x HTTP/1.1\r\nhost: x\r\nx-pad: " + b"p" * (srv.MAX_HEAD_BYTES + 1000)
     for i in range(0, len(head), 8192):
         proto.data_received(head[i : i + 8192])
         if transport.closing:

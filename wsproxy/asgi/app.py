@@ -21,7 +21,7 @@ from wsproxy.asgi.http import authenticate, compact, create_response, responses_
 from wsproxy.asgi.render import error_response, json_response
 from wsproxy.asgi.ws import websocket_endpoint
 from wsproxy.errors import ProxyError
-from wsproxy.runtime import open_runtime
+from wsproxy.service.wiring import open_runtime
 from wsproxy.settings import Settings
 
 log = logging.getLogger("wsproxy")

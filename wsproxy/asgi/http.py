@@ -26,7 +26,7 @@ from wsproxy.core.request import loads_object, parse_create
 from wsproxy.core.sse import DONE, KEEPALIVE, encode_event
 from wsproxy.errors import InvalidRequest, PayloadTooLarge, ProxyError, UpstreamError, unknown_parameter
 from wsproxy.policy.auth import bearer_token
-from wsproxy.runtime import Runtime
+from wsproxy.service.wiring import Runtime
 
 log = logging.getLogger("wsproxy.http")
 
@@ -74,7 +74,7 @@ async def create_response(request: Request) -> Response:
         runtime.metrics.inc("wsproxy_http_errors_total", status=str(exc.status))
         return error_response(exc)
     if req.background:
-        from wsproxy.asgi.background import start_background
+        from wsproxy.asgi.runs import start_background
 
         try:
             return await start_background(runtime, run, req.stream)

@@ -11,9 +11,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from wsproxy.asgi.background import cancel_background, live_entry, replay_response, starting_after
 from wsproxy.asgi.http import SSEResponse, authenticate, runtime_of
 from wsproxy.asgi.render import error_response, json_response
+from wsproxy.asgi.runs import cancel_background, live_entry, replay_response, starting_after
 from wsproxy.errors import InvalidRequest, ProxyError, invalid_param, response_not_found
 from wsproxy.store.base import StoredResponse
 

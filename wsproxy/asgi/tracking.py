@@ -25,8 +25,8 @@ from wsproxy.core.events import TERMINAL_TYPES, Event, usage_object
 from wsproxy.errors import ProxyError
 
 if TYPE_CHECKING:
-    from wsproxy.engine import ResponseRun
-    from wsproxy.runtime import Runtime
+    from wsproxy.service.engine import ResponseRun
+    from wsproxy.service.wiring import Runtime
 
 log = logging.getLogger("wsproxy.edge")
 

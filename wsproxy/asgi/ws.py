@@ -44,7 +44,7 @@ from wsproxy.core.request import CreateRequest, parse_create
 from wsproxy.core.session import SessionRules
 from wsproxy.errors import InvalidRequest, ProxyError
 from wsproxy.policy.auth import bearer_token, key_from_subprotocols
-from wsproxy.runtime import Runtime
+from wsproxy.service.wiring import Runtime
 
 log = logging.getLogger("wsproxy.ws")
 

@@ -26,9 +26,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from wsproxy.core.records import StoredResponse
 from wsproxy.core.request import CreateRequest
 from wsproxy.errors import InvalidRequest
-from wsproxy.store.base import StoredResponse
 
 T = TypeVar("T")
 

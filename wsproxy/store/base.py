@@ -10,45 +10,11 @@ Backends map their own exceptions to :class:`wsproxy.errors.StoreError` at this 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-import orjson
+from wsproxy.core.records import StoredResponse
 
-
-@dataclass(slots=True)
-class StoredResponse:
-    id: str
-    response: dict[str, Any]
-    input_items: list[dict[str, Any]]
-    owner: str | None = None
-    created_at: float = 0.0
-    # Settings continuation needs that the Response object does not carry (e.g. the routed model).
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def dumps(self) -> bytes:
-        return orjson.dumps(
-            {
-                "id": self.id,
-                "response": self.response,
-                "input_items": self.input_items,
-                "owner": self.owner,
-                "created_at": self.created_at,
-                "extra": self.extra,
-            }
-        )
-
-    @classmethod
-    def loads(cls, data: bytes | str) -> StoredResponse:
-        obj = orjson.loads(data)
-        return cls(
-            id=obj["id"],
-            response=obj["response"],
-            input_items=obj["input_items"],
-            owner=obj.get("owner"),
-            created_at=obj.get("created_at", 0.0),
-            extra=obj.get("extra") or {},
-        )
+__all__ = ["ResponseStore", "StoredResponse"]
 
 
 class ResponseStore(Protocol):

@@ -15,14 +15,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from wsproxy.background import BackgroundRegistry
 from wsproxy.dialects.base import Dialect, DialectOptions
-from wsproxy.engine import Engine
 from wsproxy.local.model import LocalProvider
-from wsproxy.metrics import Metrics
+from wsproxy.observability.metrics import Metrics
 from wsproxy.policy.auth import KeyRing
 from wsproxy.policy.ratelimit import RateLimiter
 from wsproxy.policy.routing import Router
+from wsproxy.service.engine import Engine
+from wsproxy.service.runs import BackgroundRegistry
 from wsproxy.settings import ProviderSettings, Settings
 from wsproxy.store.base import ResponseStore
 from wsproxy.store.factory import make_store

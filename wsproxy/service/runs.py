@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from wsproxy.core.events import Event
-from wsproxy.engine import ResponseRun
+from wsproxy.service.engine import ResponseRun
 
 RETENTION = 600.0
 MAX_FINISHED = 1000

@@ -24,12 +24,12 @@ from starlette.responses import Response
 
 from wsproxy.asgi.http import SSEResponse, authenticate
 from wsproxy.asgi.render import json_response
-from wsproxy.background import BackgroundRun
 from wsproxy.core.events import Event
 from wsproxy.core.replay import replay_events
-from wsproxy.engine import ResponseRun
 from wsproxy.errors import InvalidRequest, ProxyError, response_not_found
-from wsproxy.runtime import Runtime
+from wsproxy.service.engine import ResponseRun
+from wsproxy.service.runs import BackgroundRun
+from wsproxy.service.wiring import Runtime
 from wsproxy.store.base import StoredResponse
 
 log = logging.getLogger("wsproxy.background")

@@ -31,7 +31,7 @@ from wsproxy.policy.routing import Router, Target
 from wsproxy.store.base import ResponseStore, StoredResponse
 from wsproxy.upstream.base import Provider
 
-log = logging.getLogger("wsproxy.engine")
+log = logging.getLogger("wsproxy.service.engine")
 
 _ITEM_PREFIX = {
     "message": "msg",

@@ -1,0 +1,50 @@
+"""The uvicorn configuration and the entry point that runs it (``serve``)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import uvicorn
+
+from wsproxy.server.graceful import GracefulServer
+from wsproxy.server.http_protocol import MAX_HEAD_BYTES, BoundedHttpToolsProtocol
+from wsproxy.server.websocket_protocol import LeanWebSocketProtocol, deflate_factory
+from wsproxy.settings import Settings
+
+
+def build_config(settings: Settings, app: Any = None) -> uvicorn.Config:
+    """The uvicorn configuration ``wsproxy serve`` runs (``app`` defaults to ``create_app``)."""
+    if app is None:
+        from wsproxy.asgi.app import create_app
+
+        app = create_app(settings)
+    limits = settings.limits
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http=BoundedHttpToolsProtocol,
+        ws=LeanWebSocketProtocol,
+        ws_max_size=limits.max_ws_message_bytes,
+        ws_ping_interval=limits.ws_ping_interval,
+        ws_ping_timeout=limits.ws_ping_timeout,
+        ws_per_message_deflate=limits.ws_compression,
+        lifespan="on",
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=int(limits.shutdown_grace) + 5,
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+    )
+    # Read by LeanWebSocketProtocol (uvicorn builds protocols from the config alone).
+    config.wsproxy_deflate = deflate_factory(limits.ws_compression_min_bytes)  # type: ignore[attr-defined]
+    return config
+
+
+def serve(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    server = GracefulServer(build_config(settings), settings)
+    server.run()
