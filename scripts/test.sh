@@ -13,6 +13,14 @@ if ! command -v redis-server >/dev/null 2>&1; then
   fi
 fi
 # The Debian package starts a system-wide server; the tests start their own on a free port.
+# promtool and a Prometheus server check and scrape /metrics (tests/observability).
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+  fi
+fi
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv

@@ -115,6 +115,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     log_level: str = "info"
+    # "text" (human) or "json" (one JSON object per line: access logs, sessions, responses).
+    log_format: str = "text"
     api_keys: tuple[str, ...] = ()
     default_provider: str = "local"
     providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
@@ -232,6 +234,8 @@ def load_settings(
     store = _section(StoreSettings, data.pop("store", None) or {}, env, "store.")
     limits = _section(LimitSettings, data.pop("limits", None) or {}, env, "limits.")
     top = _section(Settings, data, env, "")
+    if top.log_format not in ("text", "json"):
+        raise SettingsError(f"log_format must be 'text' or 'json', not {top.log_format!r}")
     default_provider = data.get("default_provider") or env.get("WSPROXY_DEFAULT_PROVIDER")
     if not default_provider:
         default_provider = next((p for p in ("openai", "anthropic") if p in providers), "local")

@@ -42,9 +42,11 @@ def test_health_readiness_metrics(proxy) -> None:
         assert http.get("/healthz").text == "ok"
         assert http.get("/readyz").status_code == 200
         metrics = http.get("/metrics").text
-    assert 'wsproxy_responses_total{provider="local"}' in metrics
+    assert 'wsproxy_responses_total{model="local",provider="local",status="completed"}' in metrics
     line = next(
-        x for x in metrics.splitlines() if x.startswith('wsproxy_output_tokens_total{provider="local"}')
+        x
+        for x in metrics.splitlines()
+        if x.startswith('wsproxy_tokens_total{kind="output",model="local",provider="local"}')
     )
     assert float(line.split()[-1]) > 0
 

@@ -77,7 +77,7 @@ async def test_ws_client_leaving_cancels_upstream_and_records_usage(
         before, f'wsproxy_partial_output_tokens_total{{provider="{provider}"}}'
     )
     assert partial >= 5, "the deltas forwarded before the client left are counted"
-    assert metric(after, "wsproxy_ws_connections") == 0
+    assert metric(after, "wsproxy_ws_sessions") == 0
 
 
 @pytest.mark.parametrize("provider", ["up", "up1"])
@@ -210,7 +210,7 @@ async def test_slow_websocket_reader_gets_backpressure_then_1013(proxy_process, 
     key = 'wsproxy_slow_clients_total{transport="ws"}'
     assert metric(after, key) - metric(before, key) == 1
     assert metric(after, 'wsproxy_cancelled_responses_total{reason="slow_client",transport="ws"}') >= 1
-    assert metric(after, "wsproxy_ws_connections") == 0
+    assert metric(after, "wsproxy_ws_sessions") == 0
 
 
 async def test_slow_sse_reader_gets_backpressure_then_is_cut(proxy_process, raw_upstream) -> None:

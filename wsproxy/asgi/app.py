@@ -12,15 +12,18 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from wsproxy.asgi import stored
+from wsproxy.asgi.access_log import AccessLogMiddleware
 from wsproxy.asgi.http import authenticate, compact, create_response, responses_get, runtime_of
 from wsproxy.asgi.render import error_response, json_response
 from wsproxy.asgi.ws import websocket_endpoint
 from wsproxy.errors import ProxyError
+from wsproxy.observability.metrics import CONTENT_TYPE
 from wsproxy.service.wiring import open_runtime
 from wsproxy.settings import Settings
 
@@ -59,8 +62,8 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     runtime = runtime_of(request)
-    runtime.metrics.gauges["wsproxy_active_responses"] = runtime.active_responses
-    return PlainTextResponse(runtime.metrics.render(), media_type="text/plain; version=0.0.4")
+    runtime.metrics.set_gauge("wsproxy_active_responses", runtime.active_responses)
+    return Response(runtime.metrics.render(), headers={"content-type": CONTENT_TYPE})
 
 
 def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> Starlette:
@@ -91,4 +94,4 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(AccessLogMiddleware)])

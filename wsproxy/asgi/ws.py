@@ -107,13 +107,13 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         return
     await websocket.accept(subprotocol=echo)
     session = WSSession(websocket, runtime, principal)
-    runtime.metrics.gauge("wsproxy_ws_connections", 1)
+    runtime.metrics.gauge("wsproxy_ws_sessions", 1)
     runtime.session_opened()
     try:
         await session.run()
     finally:
         runtime.session_closed()
-        runtime.metrics.gauge("wsproxy_ws_connections", -1)
+        runtime.metrics.gauge("wsproxy_ws_sessions", -1)
 
 
 class WSSession:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import uvicorn
 
+from wsproxy.observability.logs import configure_logging
 from wsproxy.server.graceful import GracefulServer
 from wsproxy.server.http_protocol import MAX_HEAD_BYTES, BoundedHttpToolsProtocol
 from wsproxy.server.websocket_protocol import LeanWebSocketProtocol, deflate_factory
@@ -43,8 +43,6 @@ def build_config(settings: Settings, app: Any = None) -> uvicorn.Config:
 
 
 def serve(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
     server = GracefulServer(build_config(settings), settings)
     server.run()

@@ -96,7 +96,7 @@ class Engine:
         providers: Mapping[str, Provider],
         store: ResponseStore,
         dialect_options: Mapping[str, DialectOptions],
-        on_usage: Callable[[str | None, str, dict[str, Any] | None], None] | None = None,
+        on_usage: Callable[..., None] | None = None,
     ) -> None:
         self.router = router
         self.providers = providers
@@ -308,6 +308,12 @@ class Engine:
         )
         run.final = record
         if self.on_usage is not None:
-            self.on_usage(run.principal, run.provider_used or "", response.get("usage"))
+            self.on_usage(
+                run.principal,
+                run.provider_used or "",
+                response.get("usage"),
+                model=str(response.get("model") or run.request.model or ""),
+                status=str(response.get("status") or terminal.type.removeprefix("response.")),
+            )
         if run.request.store:
             await self.store.put(record)

@@ -177,6 +177,9 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str] | None = N
     )
     await store.open()
     metrics = Metrics()
+    for provider in providers.values():
+        if isinstance(provider, HTTPProvider):
+            provider.on_headers = metrics.time_to_headers
     router = Router(
         {name: p.models for name, p in settings.providers.items()},
         settings.aliases,

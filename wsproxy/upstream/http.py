@@ -26,7 +26,7 @@ import email.utils
 import itertools
 import logging
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -75,6 +75,9 @@ class HTTPProvider:
             **self._auth_headers(api_key),
             **{k.lower(): v for k, v in settings.headers.items()},
         }
+        # Called with (provider name, seconds to the response headers) after every answer;
+        # set by the wiring to feed the metrics (upstream imports no observability).
+        self.on_headers: Callable[[str, float], None] | None = None
 
     def _auth_headers(self, key: str | None) -> dict[str, str]:
         if not key:
@@ -90,13 +93,17 @@ class HTTPProvider:
         headers = self.headers
         if req.headers:
             headers = {**headers, **{k.lower(): v for k, v in req.headers.items()}}
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.settings.first_byte_timeout):
-                return await self.pool.request(req.method, req.path, list(headers.items()), req.body)
+                response = await self.pool.request(req.method, req.path, list(headers.items()), req.body)
         except TimeoutError:
             raise UpstreamTimeout(
                 f"Provider '{self.name}' sent no answer within {self.settings.first_byte_timeout:g}s."
             ) from None
+        if self.on_headers is not None:
+            self.on_headers(self.name, time.monotonic() - started)
+        return response
 
     async def _error_from(self, response: UpstreamResponse) -> UpstreamError:
         try:
