@@ -69,7 +69,7 @@ async def create_response(request: Request) -> Response:
         principal = authenticate(runtime, request)
         obj = loads_object(await read_body(request, runtime.settings.limits.max_body_bytes))
         req = parse_create(obj, websocket=False)
-        run = await runtime.engine.prepare(req, principal)
+        run = await runtime.engine.prepare(req, principal, traceparent=request.headers.get("traceparent"))
     except ProxyError as exc:
         runtime.metrics.inc("wsproxy_http_errors_total", status=str(exc.status))
         return error_response(exc)

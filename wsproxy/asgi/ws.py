@@ -432,7 +432,10 @@ class WSSession:
         runtime.streaming.add(task)
         try:
             run = await runtime.engine.prepare(
-                request, self.principal, cache=lambda rid: self.rules.lookup(rid, lane)
+                request,
+                self.principal,
+                cache=lambda rid: self.rules.lookup(rid, lane),
+                traceparent=self.ws.headers.get("traceparent"),
             )
             tracker = ResponseTracker(runtime, run, "ws")
             events = runtime.engine.events(run)

@@ -54,6 +54,8 @@ class UpstreamCall:
     input: list[dict[str, Any]]
     model: str
     options: DialectOptions = field(default_factory=DialectOptions)
+    # The response's trace span, opaque here: the upstream makes its attempt spans under it.
+    trace: Any = None
 
 
 @dataclass(slots=True)

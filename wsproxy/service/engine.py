@@ -27,6 +27,7 @@ from wsproxy.core.ids import random_id
 from wsproxy.core.request import CreateRequest, parse_create
 from wsproxy.dialects.base import DialectOptions, UpstreamCall
 from wsproxy.errors import ProxyError, previous_response_not_found
+from wsproxy.observability.tracing import Span, Tracing
 from wsproxy.policy.routing import Router, Target
 from wsproxy.store.base import ResponseStore, StoredResponse
 from wsproxy.upstream.base import Provider
@@ -82,6 +83,9 @@ class ResponseRun:
     events_sent: int = 0
     provider_used: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The client's W3C traceparent, and the response's span while tracing is on.
+    traceparent: str | None = None
+    trace: Span | None = None
 
     @property
     def status(self) -> str | None:
@@ -97,12 +101,14 @@ class Engine:
         store: ResponseStore,
         dialect_options: Mapping[str, DialectOptions],
         on_usage: Callable[..., None] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.router = router
         self.providers = providers
         self.store = store
         self.dialect_options = dialect_options
         self.on_usage = on_usage
+        self.tracing = tracing
 
     # -- preparing ----------------------------------------------------------------------------
 
@@ -114,7 +120,11 @@ class Engine:
         return record
 
     async def prepare(
-        self, request: CreateRequest, principal: str | None, cache: CacheLookup | None = None
+        self,
+        request: CreateRequest,
+        principal: str | None,
+        cache: CacheLookup | None = None,
+        traceparent: str | None = None,
     ) -> ResponseRun:
         """Resolve continuation and routing. Raises ``ProxyError`` (nothing was sent yet)."""
         targets = self.router.route(request.model)
@@ -142,6 +152,7 @@ class Engine:
             response_id=random_id("resp"),
             created_at=int(time.time()),
             previous=previous,
+            traceparent=traceparent,
         )
 
     def _upstream_holds_state(self, target: Target) -> bool:
@@ -168,7 +179,7 @@ class Engine:
             else:
                 body = {k: v for k, v in body.items() if k != "previous_response_id"}
         options = self.dialect_options.get(target.provider, DialectOptions())
-        return UpstreamCall(body=body, input=items, model=target.model, options=options)
+        return UpstreamCall(body=body, input=items, model=target.model, options=options, trace=run.trace)
 
     # -- compaction ---------------------------------------------------------------------------
 
@@ -222,6 +233,31 @@ class Engine:
     # -- running ------------------------------------------------------------------------------
 
     async def events(self, run: ResponseRun) -> AsyncIterator[Event]:
+        if self.tracing is None:
+            async for event in self._events(run):
+                yield event
+            return
+        run.trace = self.tracing.response(run.traceparent, **{"wsproxy.model": run.request.model})
+        error: str | None = "ended before its terminal event"
+        try:
+            async for event in self._events(run):
+                yield event
+            error = None if run.status in ("completed", "incomplete") else f"status {run.status}"
+        except ProxyError as exc:
+            error = exc.code or exc.message
+            raise
+        finally:
+            run.trace.set(
+                **{
+                    # The upstream's id on the passthrough, wsproxy's own otherwise.
+                    "wsproxy.response_id": run.final.id if run.final is not None else run.response_id,
+                    "wsproxy.provider": run.provider_used,
+                    "wsproxy.status": run.status,
+                }
+            )
+            run.trace.end(error)
+
+    async def _events(self, run: ResponseRun) -> AsyncIterator[Event]:
         if not run.request.generate:
             async for event in self._warmup(run):
                 yield event

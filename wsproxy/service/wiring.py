@@ -18,6 +18,7 @@ from typing import Any
 from wsproxy.dialects.base import Dialect, DialectOptions
 from wsproxy.local.model import LocalProvider
 from wsproxy.observability.metrics import Metrics
+from wsproxy.observability.tracing import Tracing
 from wsproxy.policy.auth import KeyRing
 from wsproxy.policy.ratelimit import RateLimiter
 from wsproxy.policy.routing import Router
@@ -166,6 +167,8 @@ class Runtime:
         for provider in self.providers.values():
             await provider.aclose()
         await self.store.close()
+        if self.engine.tracing is not None:
+            await asyncio.to_thread(self.engine.tracing.close)  # flushes queued spans
 
 
 async def open_runtime(settings: Settings, environ: Mapping[str, str] | None = None) -> Runtime:
@@ -177,9 +180,11 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str] | None = N
     )
     await store.open()
     metrics = Metrics()
+    tracing = Tracing.from_environ(env)
     for provider in providers.values():
         if isinstance(provider, HTTPProvider):
             provider.on_headers = metrics.time_to_headers
+            provider.tracing = tracing
     router = Router(
         {name: p.models for name, p in settings.providers.items()},
         settings.aliases,
@@ -191,6 +196,7 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str] | None = N
         store=store,
         dialect_options={name: dialect_options(p) for name, p in settings.providers.items()},
         on_usage=metrics.record_usage,
+        tracing=tracing,
     )
     runtime = Runtime(
         settings=settings,

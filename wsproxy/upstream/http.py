@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import email.utils
 import itertools
 import logging
@@ -78,6 +79,8 @@ class HTTPProvider:
         # Called with (provider name, seconds to the response headers) after every answer;
         # set by the wiring to feed the metrics (upstream imports no observability).
         self.on_headers: Callable[[str, float], None] | None = None
+        # wsproxy.observability.tracing.Tracing when traces are on (set by the wiring).
+        self.tracing: Any = None
 
     def _auth_headers(self, key: str | None) -> dict[str, str]:
         if not key:
@@ -176,13 +179,24 @@ class HTTPProvider:
         deadline = self._retry_deadline()
         attempt = 0
         while True:
+            span = None
+            sent = req
+            if self.tracing is not None:
+                span, trace_headers = self.tracing.attempt(call.trace, self.name, call.model, attempt)
+                sent = dataclasses.replace(req, headers={**req.headers, **trace_headers})
             try:
-                async with contextlib.aclosing(self._attempt(req, call, response_id, created_at)) as events:
+                async with contextlib.aclosing(self._attempt(sent, call, response_id, created_at)) as events:
                     async for event in events:
                         yield event
                 return
             except ProxyError as error:  # raised by _attempt only before its first event
+                if span is not None:
+                    span.set(**{"http.response.status_code": error.status})
+                    span.end(error.code or error.message)
                 await self._before_retry(error, attempt, deadline)
+            finally:
+                if span is not None:
+                    span.end()
             attempt += 1
 
     async def _attempt(
