@@ -56,6 +56,32 @@ def test_promtool_accepts_the_exposition(proxy: Any) -> None:
     assert "wsproxy_ws_sessions 0.0" in text
 
 
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "wsproxy-dashboard.json"
+
+
+def dashboard_queries() -> list[str]:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [target["expr"] for panel in panels for target in panel["targets"]]
+
+
+def test_dashboard_uses_only_declared_metrics() -> None:
+    import re
+
+    from wsproxy.observability.metrics import DEFINITIONS
+
+    names = set()
+    for expr in dashboard_queries():
+        names.update(re.findall(r"\bwsproxy_[a-z_]+", expr))
+    declared = set(DEFINITIONS) | {f"{n}_bucket" for n, d in DEFINITIONS.items() if d.kind == "histogram"}
+    assert names and names <= declared, names - declared
+    assert {n.removesuffix("_bucket") for n in names} >= {
+        "wsproxy_time_to_first_token_seconds",
+        "wsproxy_response_duration_seconds",
+        "wsproxy_responses_total",
+        "wsproxy_ws_sessions",
+    }
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -100,6 +126,10 @@ def test_prometheus_scrapes_wsproxy(proxy: Any, tmp_path: Path) -> None:
         assert value == 3.0, (tmp_path / "prometheus.log").read_text()[-2000:]
         up = httpx2.get(query, params={"query": 'up{job="wsproxy"}'}).json()["data"]["result"]
         assert up and up[0]["value"][1] == "1"
+        # Every query of the shipped Grafana dashboard is valid PromQL over metrics wsproxy has.
+        for expr in dashboard_queries():
+            answer = httpx2.get(query, params={"query": expr.replace("$__rate_interval", "1m")}).json()
+            assert answer["status"] == "success", (expr, answer)
     finally:
         process.terminate()
         try:
