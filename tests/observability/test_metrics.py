@@ -34,23 +34,13 @@ def test_counter_histogram_and_gauge_values() -> None:
     m.gauge("wsproxy_ws_sessions", 1)
     m.gauge("wsproxy_ws_sessions", 1)
     m.gauge("wsproxy_ws_sessions", -1)
-    m.observe("wsproxy_time_to_first_token_seconds", 0.003, provider="local", transport="sse")
+    m.observe("wsproxy_time_to_first_token_seconds", 0.003, provider="local")
     text = m.render().decode()
     assert sample(text, 'wsproxy_errors_total{code="rate_limit_exceeded"}') == 3
     assert sample(text, "wsproxy_ws_sessions") == 1
-    assert (
-        sample(
-            text, 'wsproxy_time_to_first_token_seconds_bucket{le="0.0025",provider="local",transport="sse"}'
-        )
-        == 0
-    )
-    assert (
-        sample(
-            text, 'wsproxy_time_to_first_token_seconds_bucket{le="0.005",provider="local",transport="sse"}'
-        )
-        == 1
-    )
-    assert sample(text, 'wsproxy_time_to_first_token_seconds_count{provider="local",transport="sse"}') == 1
+    assert sample(text, 'wsproxy_time_to_first_token_seconds_bucket{le="0.0025",provider="local"}') == 0
+    assert sample(text, 'wsproxy_time_to_first_token_seconds_bucket{le="0.005",provider="local"}') == 1
+    assert sample(text, 'wsproxy_time_to_first_token_seconds_count{provider="local"}') == 1
 
 
 def test_undeclared_metric_or_label_is_an_error() -> None:
@@ -92,7 +82,7 @@ from wsproxy.observability.metrics import Metrics
 m = Metrics()
 m.inc("wsproxy_errors_total", float(sys.argv[1]), code="server_error")
 m.gauge("wsproxy_ws_sessions", 2)
-m.observe("wsproxy_response_duration_seconds", 0.2, provider="local", transport="ws")
+m.observe("wsproxy_response_duration_seconds", 0.2, provider="local")
 """
 
 
@@ -104,4 +94,4 @@ def test_workers_values_merge(tmp_path: Path) -> None:
         subprocess.run([sys.executable, "-c", WORKER, amount], env=env, check=True, timeout=30)
     text = Metrics(multiprocess_dir=str(tmp_path)).render().decode()
     assert sample(text, 'wsproxy_errors_total{code="server_error"}') == 7
-    assert sample(text, 'wsproxy_response_duration_seconds_count{provider="local",transport="ws"}') == 2
+    assert sample(text, 'wsproxy_response_duration_seconds_count{provider="local"}') == 2

@@ -54,6 +54,9 @@ def test_promtool_accepts_the_exposition(proxy: Any) -> None:
     text = r.text
     assert 'wsproxy_responses_total{model="local",provider="local",status="completed"} 3.0' in text
     assert "wsproxy_ws_sessions 0.0" in text
+    # Three responses of the local model: each had a first token and a duration.
+    assert 'wsproxy_time_to_first_token_seconds_count{provider="local"} 3.0' in text
+    assert 'wsproxy_response_duration_seconds_count{provider="local"} 3.0' in text
 
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "wsproxy-dashboard.json"
@@ -174,6 +177,14 @@ def test_access_logs_never_hold_keys_or_bodies(make_proxy: Any, caplog: pytest.L
             rec.getMessage() == "websocket session" for rec in caplog.records
         ):
             time.sleep(0.05)
+    responses = [rec.fields for rec in caplog.records if rec.name == "wsproxy.responses"]  # type: ignore[attr-defined]
+    assert len(responses) == 3
+    for line in responses:
+        assert line["status"] == "completed" and line["model"] == "local" and line["provider"] == "local"
+        assert line["output_tokens"] > 0 and 0 < line["ttft_ms"] <= line["duration_ms"]
+        assert line["key"].startswith("key_")  # the key's digest, never the key
+        assert line["request_id"].startswith("req_")
+    assert len({line["request_id"] for line in responses}) == 3
     access = [rec for rec in caplog.records if rec.name == "wsproxy.access"]
     http_lines = [rec.fields for rec in access if rec.getMessage() == "http request"]  # type: ignore[attr-defined]
     ws_lines = [rec.fields for rec in access if rec.getMessage() == "websocket session"]  # type: ignore[attr-defined]

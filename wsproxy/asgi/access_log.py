@@ -17,11 +17,12 @@ import logging
 import re
 import secrets
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 from wsproxy.observability.logs import ACCESS, log_fields
 
-Scope = dict[str, Any]
+Scope = MutableMapping[str, Any]
 Message = dict[str, Any]
 
 REQUEST_ID_HEADER = b"x-request-id"

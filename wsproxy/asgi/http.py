@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from wsproxy.asgi.access_log import request_id_of
 from wsproxy.asgi.render import error_response, json_response
 from wsproxy.asgi.tracking import SHUTDOWN_CODE, SHUTDOWN_MESSAGE, ResponseTracker
 from wsproxy.core.events import Event
@@ -69,7 +70,12 @@ async def create_response(request: Request) -> Response:
         principal = authenticate(runtime, request)
         obj = loads_object(await read_body(request, runtime.settings.limits.max_body_bytes))
         req = parse_create(obj, websocket=False)
-        run = await runtime.engine.prepare(req, principal, traceparent=request.headers.get("traceparent"))
+        run = await runtime.engine.prepare(
+            req,
+            principal,
+            traceparent=request.headers.get("traceparent"),
+            request_id=request_id_of(request.scope),
+        )
     except ProxyError as exc:
         runtime.metrics.inc("wsproxy_http_errors_total", status=str(exc.status))
         return error_response(exc)

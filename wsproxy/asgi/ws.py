@@ -38,6 +38,7 @@ from typing import Any
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from wsproxy.asgi.access_log import request_id_of
 from wsproxy.asgi.render import error_response, ws_error, ws_event_text
 from wsproxy.asgi.tracking import SHUTDOWN_CODE, SHUTDOWN_MESSAGE, ResponseTracker
 from wsproxy.core.request import CreateRequest, parse_create
@@ -436,6 +437,7 @@ class WSSession:
                 self.principal,
                 cache=lambda rid: self.rules.lookup(rid, lane),
                 traceparent=self.ws.headers.get("traceparent"),
+                request_id=request_id_of(self.ws.scope),
             )
             tracker = ResponseTracker(runtime, run, "ws")
             events = runtime.engine.events(run)

@@ -66,14 +66,14 @@ DEFINITIONS: dict[str, Definition] = {
     ),
     "wsproxy_time_to_first_token_seconds": Definition(
         "histogram",
-        "From the request to the first output delta handed to the client.",
-        ("provider", "transport"),
+        "From the request to the first output delta passed on to the client.",
+        ("provider",),
         LATENCY_BUCKETS,
     ),
     "wsproxy_response_duration_seconds": Definition(
         "histogram",
-        "From the request to the terminal event handed to the client.",
-        ("provider", "transport"),
+        "From the request to the terminal event (stored first, then passed on).",
+        ("provider",),
         DURATION_BUCKETS,
     ),
     "wsproxy_upstream_time_to_headers_seconds": Definition(

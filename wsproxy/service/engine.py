@@ -27,6 +27,7 @@ from wsproxy.core.ids import random_id
 from wsproxy.core.request import CreateRequest, parse_create
 from wsproxy.dialects.base import DialectOptions, UpstreamCall
 from wsproxy.errors import ProxyError, previous_response_not_found
+from wsproxy.observability.responses import ResponseObserver
 from wsproxy.observability.tracing import Span, Tracing
 from wsproxy.policy.routing import Router, Target
 from wsproxy.store.base import ResponseStore, StoredResponse
@@ -86,6 +87,11 @@ class ResponseRun:
     # The client's W3C traceparent, and the response's span while tracing is on.
     traceparent: str | None = None
     trace: Span | None = None
+    # For the metrics and the response log: the edge's request id, when the run was made and
+    # when its first output delta passed (monotonic seconds).
+    request_id: str | None = None
+    started_at: float = field(default_factory=time.monotonic)
+    first_token_at: float = 0.0
 
     @property
     def status(self) -> str | None:
@@ -102,6 +108,7 @@ class Engine:
         dialect_options: Mapping[str, DialectOptions],
         on_usage: Callable[..., None] | None = None,
         tracing: Tracing | None = None,
+        observer: ResponseObserver | None = None,
     ) -> None:
         self.router = router
         self.providers = providers
@@ -109,6 +116,7 @@ class Engine:
         self.dialect_options = dialect_options
         self.on_usage = on_usage
         self.tracing = tracing
+        self.observer = observer
 
     # -- preparing ----------------------------------------------------------------------------
 
@@ -125,6 +133,7 @@ class Engine:
         principal: str | None,
         cache: CacheLookup | None = None,
         traceparent: str | None = None,
+        request_id: str | None = None,
     ) -> ResponseRun:
         """Resolve continuation and routing. Raises ``ProxyError`` (nothing was sent yet)."""
         targets = self.router.route(request.model)
@@ -153,6 +162,7 @@ class Engine:
             created_at=int(time.time()),
             previous=previous,
             traceparent=traceparent,
+            request_id=request_id,
         )
 
     def _upstream_holds_state(self, target: Target) -> bool:
@@ -232,11 +242,13 @@ class Engine:
 
     # -- running ------------------------------------------------------------------------------
 
-    async def events(self, run: ResponseRun) -> AsyncIterator[Event]:
-        if self.tracing is None:
-            async for event in self._events(run):
-                yield event
-            return
+    def events(self, run: ResponseRun) -> AsyncIterator[Event]:
+        """The response's events, ending with exactly one terminal event."""
+        # Without tracing no wrapper: one generator hop less per event.
+        return self._events(run) if self.tracing is None else self._traced(run)
+
+    async def _traced(self, run: ResponseRun) -> AsyncIterator[Event]:
+        assert self.tracing is not None
         run.trace = self.tracing.response(run.traceparent, **{"wsproxy.model": run.request.model})
         error: str | None = "ended before its terminal event"
         try:
@@ -300,6 +312,8 @@ class Engine:
                         break
                 event, pending = pending, None
                 last_seq = event.seq
+                if not run.first_token_at and event.type.endswith(".delta"):
+                    run.first_token_at = time.monotonic()
                 if event.terminal:
                     await self._finish(run, event)
                     run.events_sent += 1
@@ -343,13 +357,24 @@ class Engine:
             extra={"provider": run.provider_used},
         )
         run.final = record
+        model = str(response.get("model") or run.request.model or "")
+        status = str(response.get("status") or terminal.type.removeprefix("response."))
         if self.on_usage is not None:
             self.on_usage(
-                run.principal,
-                run.provider_used or "",
-                response.get("usage"),
-                model=str(response.get("model") or run.request.model or ""),
-                status=str(response.get("status") or terminal.type.removeprefix("response.")),
+                run.principal, run.provider_used or "", response.get("usage"), model=model, status=status
+            )
+        if self.observer is not None:
+            now = time.monotonic()
+            self.observer.finished(
+                response_id=record.id,
+                request_id=run.request_id,
+                principal=run.principal,
+                provider=run.provider_used or "",
+                model=model,
+                status=status,
+                usage=response.get("usage"),
+                ttft=run.first_token_at - run.started_at if run.first_token_at else None,
+                duration=now - run.started_at,
             )
         if run.request.store:
             await self.store.put(record)

@@ -18,6 +18,7 @@ from typing import Any
 from wsproxy.dialects.base import Dialect, DialectOptions
 from wsproxy.local.model import LocalProvider
 from wsproxy.observability.metrics import Metrics
+from wsproxy.observability.responses import ResponseObserver
 from wsproxy.observability.tracing import Tracing
 from wsproxy.policy.auth import KeyRing
 from wsproxy.policy.ratelimit import RateLimiter
@@ -197,6 +198,7 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str] | None = N
         dialect_options={name: dialect_options(p) for name, p in settings.providers.items()},
         on_usage=metrics.record_usage,
         tracing=tracing,
+        observer=ResponseObserver(metrics),
     )
     runtime = Runtime(
         settings=settings,
