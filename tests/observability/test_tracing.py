@@ -121,6 +121,13 @@ def test_response_span_with_attempts_under_the_clients_trace(
     ]
     assert all(s.parent_span_id == root.span_id and s.trace_id == root.trace_id for s in attempts)
     assert [s.status.code for s in attempts] == [2, 2, 0]  # ERROR, ERROR, UNSET
+    # The retry and the fallback are counted too.
+    import httpx2
+
+    text = httpx2.get(traced_proxy.url + "/metrics").text
+    assert 'wsproxy_upstream_retries_total{provider="up2",reason="503"} 1.0' in text
+    assert 'wsproxy_upstream_retries_total{provider="up2",reason="fallback"} 1.0' in text
+    assert 'wsproxy_upstream_connections{provider="up1"} 1.0' in text
     # Each attempt's own span id went upstream in its traceparent.
     seen = [r["headers"].get("traceparent") for r in fake.find(marker)]
     assert seen == [f"00-{TRACE_ID}-{s.span_id.hex()}-01" for s in attempts]

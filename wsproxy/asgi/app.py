@@ -63,6 +63,10 @@ async def readyz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     runtime = runtime_of(request)
     runtime.metrics.set_gauge("wsproxy_active_responses", runtime.active_responses)
+    for name, provider in runtime.providers.items():
+        pool = getattr(provider, "pool", None)
+        if pool is not None:  # read at scrape time: nothing to count on the connection path
+            runtime.metrics.set_gauge("wsproxy_upstream_connections", pool.connection_count, provider=name)
     return Response(runtime.metrics.render(), headers={"content-type": CONTENT_TYPE})
 
 

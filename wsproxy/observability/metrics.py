@@ -116,7 +116,10 @@ DEFINITIONS: dict[str, Definition] = {
         "counter", "Requests refused by a limit (scope: rpm, tpm, day, ip).", ("scope",)
     ),
     "wsproxy_upstream_retries_total": Definition(
-        "counter", "Upstream attempts retried or passed to a fallback.", ("provider", "reason")
+        "counter",
+        "Upstream attempts that failed and were retried (reason: status) or passed to the next "
+        "target of a fallback chain (reason: fallback).",
+        ("provider", "reason"),
     ),
     # Gauges
     "wsproxy_ws_sessions": Definition("gauge", "Open WebSocket sessions."),
@@ -176,6 +179,9 @@ class Metrics:
 
     def time_to_headers(self, provider: str, seconds: float) -> None:
         self.observe("wsproxy_upstream_time_to_headers_seconds", seconds, provider=provider)
+
+    def retried(self, provider: str, reason: str) -> None:
+        self.inc("wsproxy_upstream_retries_total", provider=provider, reason=reason)
 
     def record_usage(
         self,

@@ -288,6 +288,8 @@ class Engine:
                 last_error = exc
                 if exc.retryable and index + 1 < len(run.targets):
                     log.warning("provider %s failed before output (%r); falling back", target, exc)
+                    if self.observer is not None:
+                        self.observer.metrics.retried(target.provider, "fallback")
                     continue
                 raise
             run.provider_used = target.provider

@@ -186,6 +186,7 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str] | None = N
         if isinstance(provider, HTTPProvider):
             provider.on_headers = metrics.time_to_headers
             provider.tracing = tracing
+            provider.on_retry = metrics.retried
     router = Router(
         {name: p.models for name, p in settings.providers.items()},
         settings.aliases,

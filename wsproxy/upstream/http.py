@@ -79,6 +79,8 @@ class HTTPProvider:
         # Called with (provider name, seconds to the response headers) after every answer;
         # set by the wiring to feed the metrics (upstream imports no observability).
         self.on_headers: Callable[[str, float], None] | None = None
+        # Called with (provider name, reason) before a retry (set by the wiring, for the metrics).
+        self.on_retry: Callable[[str, str], None] | None = None
         # wsproxy.observability.tracing.Tracing when traces are on (set by the wiring).
         self.tracing: Any = None
 
@@ -135,6 +137,8 @@ class HTTPProvider:
         if wait > self.settings.retry_max_wait or time.monotonic() + wait > deadline:
             raise error  # the provider asks for longer than we may wait: fail over now
         log.info("retrying provider=%s attempt=%d wait=%.2fs after %r", self.name, attempt + 1, wait, error)
+        if self.on_retry is not None:
+            self.on_retry(self.name, str(error.status))
         await asyncio.sleep(wait)
 
     async def _open(self, req: UpstreamRequest) -> UpstreamResponse:
