@@ -4,7 +4,8 @@ Precedence: defaults < TOML file < environment. Environment names are ``WSPROXY_
 top-level fields and ``WSPROXY_<SECTION>_<FIELD>`` for the sections (``WSPROXY_STORE_BACKEND``,
 ``WSPROXY_LIMITS_WS_MAX_INFLIGHT``...). ``WSPROXY_API_KEYS`` is a comma-separated list.
 ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL`` add an ``openai`` provider and ``ANTHROPIC_API_KEY`` /
-``ANTHROPIC_BASE_URL`` an ``anthropic`` one, with no file at all. With no provider configured the
+``ANTHROPIC_BASE_URL`` an ``anthropic`` one, ``GEMINI_API_KEY`` (or ``GOOGLE_API_KEY``) /
+``GEMINI_BASE_URL`` a ``gemini`` one, with no file at all. With no provider configured the
 built-in ``local`` model serves every request.
 
 A TOML example is in the README. This module reads files and the environment only in
@@ -20,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
-PROVIDER_KINDS = ("openai", "chat_completions", "anthropic", "local")
+PROVIDER_KINDS = ("openai", "chat_completions", "anthropic", "gemini", "local")
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +222,16 @@ def load_settings(
                 "api_key_env": "ANTHROPIC_API_KEY",
             },
         )
+    gemini_key_env = next((k for k in ("GEMINI_API_KEY", "GOOGLE_API_KEY") if env.get(k)), None)
+    if "gemini" not in providers and gemini_key_env is not None:
+        providers["gemini"] = _provider(
+            "gemini",
+            {
+                "kind": "gemini",
+                "base_url": env.get("GEMINI_BASE_URL") or "https://generativelanguage.googleapis.com/v1beta",
+                "api_key_env": gemini_key_env,
+            },
+        )
     if "local" not in providers:
         providers["local"] = _provider("local", {"kind": "local", "models": ["local"]})
 
@@ -238,7 +249,7 @@ def load_settings(
         raise SettingsError(f"log_format must be 'text' or 'json', not {top.log_format!r}")
     default_provider = data.get("default_provider") or env.get("WSPROXY_DEFAULT_PROVIDER")
     if not default_provider:
-        default_provider = next((p for p in ("openai", "anthropic") if p in providers), "local")
+        default_provider = next((p for p in ("openai", "anthropic", "gemini") if p in providers), "local")
     if default_provider not in providers:
         raise SettingsError(f"default_provider {default_provider!r} is not a configured provider")
     for alias, chain in aliases.items():

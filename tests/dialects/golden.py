@@ -25,13 +25,18 @@ from wsproxy.core.sse import SSEDecoder
 from wsproxy.dialects.anthropic_messages import AnthropicMessagesDialect
 from wsproxy.dialects.base import Dialect, DialectOptions, StreamTranslator, UpstreamCall
 from wsproxy.dialects.chat_completions import ChatCompletionsDialect
+from wsproxy.dialects.gemini_stream import GeminiDialect
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 CREATED_AT = 1_700_000_000
 RESPONSE_ID = "resp_golden"
 REGEN = os.environ.get("WSPROXY_REGEN_GOLDEN") == "1"
 
-DIALECTS: dict[str, Dialect] = {"chat": ChatCompletionsDialect(), "anthropic": AnthropicMessagesDialect()}
+DIALECTS: dict[str, Dialect] = {
+    "chat": ChatCompletionsDialect(),
+    "anthropic": AnthropicMessagesDialect(),
+    "gemini": GeminiDialect(),
+}
 
 WEATHER_TOOL = {
     "type": "function",
@@ -58,6 +63,7 @@ GMAIL_NAMESPACE = {
 # Request bodies that differ from the default for a fixture.
 BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("chat", "namespace_tool_call"): {"tools": [GMAIL_NAMESPACE]},
+    ("gemini", "namespace_call"): {"tools": [GMAIL_NAMESPACE]},
 }
 
 

@@ -12,9 +12,7 @@ from hypothesis import strategies as st
 
 from tests.dialects.golden import check_stream, fixture_bytes, fixture_names, make_translator, run, translate
 
-FIXTURES = [("chat", n) for n in fixture_names("chat")] + [
-    ("anthropic", n) for n in fixture_names("anthropic")
-]
+FIXTURES = [(dialect, n) for dialect in ("chat", "anthropic", "gemini") for n in fixture_names(dialect)]
 
 
 def test_every_fixture_obeys_the_stream_rules() -> None:

@@ -47,6 +47,10 @@ def dialect_for(kind: str) -> Dialect:
         from wsproxy.dialects.anthropic_messages import AnthropicMessagesDialect
 
         return AnthropicMessagesDialect()
+    if kind == "gemini":
+        from wsproxy.dialects.gemini_stream import GeminiDialect
+
+        return GeminiDialect()
     raise ValueError(f"no dialect for provider kind {kind!r}")
 
 

@@ -89,6 +89,8 @@ class HTTPProvider:
             return {}
         if self.kind == "anthropic":
             return {"x-api-key": key}
+        if self.kind == "gemini":
+            return {"x-goog-api-key": key}
         return {"authorization": f"Bearer {key}"}
 
     async def aclose(self) -> None:
