@@ -4,7 +4,7 @@
 
 - :class:`StoredConversation`, the record every store backend keeps (items are kept next to it,
   in order, by the store);
-- the ``conversation`` parameter of ``POST /v1/responses`` (a string or ``{"id": ...}``);
+- (the ``conversation`` parameter of ``POST /v1/responses`` is parsed in ``core.request``);
 - validation of ``metadata`` (16 pairs, 64-char keys, 512-char string values), of ``items``
   (at most 20 per call, Responses input items, client ids with the right prefix) and of the
   ``items.list`` query (``limit`` 1-100 default 20, ``order`` default ``desc``, ``after``,
@@ -146,26 +146,6 @@ def conversation_full(max_items: int, param: str = "items") -> InvalidRequest:
 
 
 # -- request parsing --------------------------------------------------------------------------
-
-
-def conversation_ref(value: Any) -> str:
-    """The conversation id of the ``conversation`` parameter (a string or ``{"id": ...}``)."""
-    if isinstance(value, dict):
-        extra = set(value) - {"id"}
-        if extra:
-            name = sorted(extra)[0]
-            raise InvalidRequest(
-                f"Unknown parameter: 'conversation.{name}'.",
-                param=f"conversation.{name}",
-                code="unknown_parameter",
-            )
-        value = value.get("id")
-        param = "conversation.id"
-    else:
-        param = "conversation"
-    if not isinstance(value, str) or not value:
-        raise invalid_param(param, f"Invalid '{param}': expected a conversation id string.", "invalid_type")
-    return value
 
 
 def check_fields(body: Mapping[str, Any], allowed: frozenset[str]) -> None:

@@ -21,6 +21,7 @@ from wsproxy.observability.metrics import Metrics
 from wsproxy.policy.auth import KeyRing
 from wsproxy.policy.ratelimit import RateLimiter
 from wsproxy.policy.routing import Router
+from wsproxy.service.conversations import Conversations
 from wsproxy.service.engine import Engine
 from wsproxy.service.runs import BackgroundRegistry
 from wsproxy.settings import ProviderSettings, Settings
@@ -188,6 +189,7 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str] | None = N
         store=store,
         dialect_options={name: dialect_options(p) for name, p in settings.providers.items()},
         on_usage=metrics.record_usage,
+        conversations=Conversations(store, max_items=s.conversation_max_items),
     )
     runtime = Runtime(
         settings=settings,
