@@ -480,6 +480,35 @@ async def test_sqlite_persists_across_reopen_with_schema(tmp_path: Path) -> None
 
 
 @pytest.mark.asyncio
+async def test_sqlite_migrates_a_version_1_file(tmp_path: Path) -> None:
+    from wsproxy.store.sqlite import _SCHEMA_V1
+
+    path = str(tmp_path / "v1.db")
+    rec = record("resp_v1", 100.0)
+    conn = sqlite3.connect(path)
+    for statement in _SCHEMA_V1:
+        conn.execute(statement)
+    conn.execute(
+        "INSERT INTO responses (id, owner, created_at, data) VALUES (?, ?, ?, ?)",
+        (rec.id, rec.owner, rec.created_at, rec.dumps()),
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(path, ttl_seconds=60, max_records=10)
+    await store.open()
+    try:
+        assert await store.get("resp_v1") == rec
+        await store.create_conversation(conv("conv_v2", 1.0), [msg("msg_1")])
+        assert await store.get_item("conv_v2", "msg_1") == msg("msg_1")
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as check:
+        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    check.close()
+
+
+@pytest.mark.asyncio
 async def test_sqlite_refuses_newer_schema(tmp_path: Path) -> None:
     path = str(tmp_path / "future.db")
     conn = sqlite3.connect(path)
