@@ -76,6 +76,8 @@ class StoreSettings:
     ttl_seconds: float = 30 * 86400.0
     max_records: int = 1_000_000
     purge_interval: float = 60.0
+    # Items one conversation may hold (/v1/conversations); a turn or items.create beyond it is a 400.
+    conversation_max_items: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)

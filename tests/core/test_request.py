@@ -170,11 +170,20 @@ def test_generate_false_is_a_warm_up() -> None:
     assert (err.param, err.code) == ("generate", "invalid_type")
 
 
-def test_conversation_is_refused() -> None:
-    err = rejects({"model": "m", "conversation": "conv_1"}, websocket=False)
-    assert err.param == "conversation"
+def test_conversation_accepts_string_or_object_and_excludes_previous_response_id() -> None:
+    for value in ("conv_1", {"id": "conv_1"}):
+        req = parse_create({"model": "m", "conversation": value}, websocket=False)
+        assert req.conversation == "conv_1"
+        assert req.body["conversation"] == {"id": "conv_1"}
+    assert ws(conversation="conv_2").conversation == "conv_2"
+    for bad, param in (
+        (5, "conversation"),
+        ({"id": 3}, "conversation.id"),
+        ({"id": "c", "x": 1}, "conversation.x"),
+    ):
+        assert rejects({"model": "m", "conversation": bad}, websocket=False).param == param
     err = rejects({"model": "m", "conversation": "c", "previous_response_id": "r"}, websocket=False)
-    assert err.param == "previous_response_id"
+    assert (err.status, err.code) == (400, "mutually_exclusive_parameters")
 
 
 # -- input ------------------------------------------------------------------------------------------

@@ -19,6 +19,14 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from wsproxy.core.conversations import (
+    APPEND_DUPLICATE,
+    APPEND_FULL,
+    APPEND_NOT_FOUND,
+    APPEND_OK,
+    ListParams,
+    StoredConversation,
+)
 from wsproxy.errors import StoreError
 from wsproxy.store.base import ResponseStore, StoredResponse
 from wsproxy.store.factory import make_store
@@ -275,6 +283,177 @@ async def test_unicode_and_emoji(store: ResponseStore) -> None:
     assert await store.delete(rid) is True
 
 
+# ---------------------------------------------------------------------------------- conversations
+
+
+def conv(cid: str, now: float, *, owner: str | None = "user-1", **metadata: str) -> StoredConversation:
+    return StoredConversation(id=cid, owner=owner, created_at=now, updated_at=now, metadata=dict(metadata))
+
+
+def msg(item_id: str, text: str = "hi") -> dict[str, Any]:
+    return {
+        "id": item_id,
+        "type": "message",
+        "role": "user",
+        "status": "completed",
+        "content": [{"type": "input_text", "text": text}],
+    }
+
+
+async def all_ids(store: ResponseStore, cid: str, order: str = "asc", limit: int = 3) -> list[str]:
+    """Every item id, page by page with ``after`` = the last id of the previous page."""
+    ids: list[str] = []
+    after = None
+    for _ in range(1000):
+        page = await store.list_items(cid, ListParams(limit=limit, order=order, after=after))
+        assert page is not None
+        ids += [item["id"] for item in page.items]
+        if not page.has_more:
+            return ids
+        after = page.items[-1]["id"]
+    raise AssertionError("pagination did not end")
+
+
+@pytest.mark.asyncio
+async def test_conversation_create_get_update_delete(store: ResponseStore) -> None:
+    now = time.time()
+    rec = conv("conv_a", now, topic="démo 🙂")
+    await store.create_conversation(rec, [msg("msg_1"), msg("msg_2", "second")])
+    assert await store.get_conversation("conv_a") == rec
+    assert await store.get_conversation("conv_none") is None
+    updated = await store.update_conversation("conv_a", {"k": "v"}, now + 5)
+    assert updated is not None and updated.metadata == {"k": "v"} and updated.updated_at == now + 5
+    got = await store.get_conversation("conv_a")
+    assert got is not None and got.metadata == {"k": "v"} and got.owner == "user-1"
+    assert got.created_at == now and got.updated_at == now + 5
+    assert await store.update_conversation("conv_none", {}, now) is None
+    assert await store.delete_conversation("conv_a") is True
+    assert await store.get_conversation("conv_a") is None
+    assert await store.list_items("conv_a", ListParams()) is None
+    assert await store.get_item("conv_a", "msg_1") is None
+    assert await store.delete_conversation("conv_a") is False
+
+
+@pytest.mark.asyncio
+async def test_conversation_items_order_and_pagination(store: ResponseStore) -> None:
+    now = time.time()
+    await store.create_conversation(conv("conv_p", now), [msg(f"msg_{i:02d}") for i in range(5)])
+    for start in (5, 8):
+        batch = [msg(f"msg_{i:02d}") for i in range(start, start + 3)]
+        assert await store.append_items("conv_p", batch, now + start, 100) == APPEND_OK
+    expected = [f"msg_{i:02d}" for i in range(11)]
+    for limit in (1, 3, 4, 11, 100):
+        assert await all_ids(store, "conv_p", "asc", limit) == expected
+        assert await all_ids(store, "conv_p", "desc", limit) == expected[::-1]
+    page = await store.list_items("conv_p", ListParams(limit=2))
+    assert page is not None and [i["id"] for i in page.items] == ["msg_10", "msg_09"] and page.has_more
+    page = await store.list_items("conv_p", ListParams(limit=5, order="asc", after="msg_07"))
+    assert page is not None and [i["id"] for i in page.items] == ["msg_08", "msg_09", "msg_10"]
+    assert page.has_more is False
+    # An unknown cursor is not an empty page: the caller answers 404 for it.
+    assert await store.list_items("conv_p", ListParams(after="msg_nope")) is None
+    item = await store.get_item("conv_p", "msg_03")
+    assert item == msg("msg_03")
+    got = await store.get_conversation("conv_p")
+    assert got is not None and got.updated_at == now + 8
+
+
+@pytest.mark.asyncio
+async def test_conversation_append_is_all_or_nothing(store: ResponseStore) -> None:
+    now = time.time()
+    await store.create_conversation(conv("conv_x", now), [msg("msg_1")])
+    # A batch with one id already present adds nothing, also not its new items.
+    assert await store.append_items("conv_x", [msg("msg_2"), msg("msg_1")], now, 100) == APPEND_DUPLICATE
+    assert await store.append_items("conv_x", [msg("msg_3"), msg("msg_3")], now, 100) == APPEND_DUPLICATE
+    # Over the item limit: nothing is added.
+    assert await store.append_items("conv_x", [msg("msg_4"), msg("msg_5")], now, 2) == APPEND_FULL
+    assert await all_ids(store, "conv_x") == ["msg_1"]
+    assert await store.append_items("conv_x", [msg("msg_4")], now, 2) == APPEND_OK
+    assert await store.append_items("conv_x", [msg("msg_5")], now, 2) == APPEND_FULL
+    assert await store.append_items("conv_none", [msg("msg_9")], now, 100) == APPEND_NOT_FOUND
+    assert await all_ids(store, "conv_x") == ["msg_1", "msg_4"]
+
+
+@pytest.mark.asyncio
+async def test_conversation_concurrent_appends_keep_batches_whole(store: ResponseStore) -> None:
+    now = time.time()
+    await store.create_conversation(conv("conv_c", now), [])
+    batches = [[msg(f"msg_{b:02d}_{i}") for i in range(3)] for b in range(20)]
+    results = await asyncio.wait_for(
+        asyncio.gather(*(store.append_items("conv_c", batch, now, 1000) for batch in batches)), timeout=60
+    )
+    assert results == [APPEND_OK] * 20
+    ids = await all_ids(store, "conv_c", limit=7)
+    assert sorted(ids) == sorted(item["id"] for batch in batches for item in batch)
+    # Each batch is contiguous and in its own order: appends do not interleave.
+    for batch in batches:
+        first = ids.index(batch[0]["id"])
+        assert ids[first : first + 3] == [item["id"] for item in batch]
+    # Over the limit concurrently: exactly the batches that fit get in.
+    await store.create_conversation(conv("conv_l", now), [])
+    results = await asyncio.gather(*(store.append_items("conv_l", batch, now, 10) for batch in batches))
+    assert results.count(APPEND_OK) == 3 and results.count(APPEND_FULL) == 17
+    assert len(await all_ids(store, "conv_l")) == 9
+
+
+@pytest.mark.asyncio
+async def test_conversation_item_delete(store: ResponseStore) -> None:
+    now = time.time()
+    await store.create_conversation(conv("conv_d", now), [msg(f"msg_{i}") for i in range(4)])
+    assert await store.delete_item("conv_d", "msg_1", now + 1) is True
+    assert await store.delete_item("conv_d", "msg_1", now + 1) is False
+    assert await store.delete_item("conv_none", "msg_2", now + 1) is False
+    assert await store.get_item("conv_d", "msg_1") is None
+    assert await all_ids(store, "conv_d") == ["msg_0", "msg_2", "msg_3"]
+    assert await store.list_items("conv_d", ListParams(after="msg_1")) is None
+    # Order stays stable after a delete; new items go after the last one.
+    assert await store.append_items("conv_d", [msg("msg_1")], now + 2, 100) == APPEND_OK
+    assert await all_ids(store, "conv_d") == ["msg_0", "msg_2", "msg_3", "msg_1"]
+    await store.delete_item("conv_d", "msg_1", now + 3)
+    await store.append_items("conv_d", [msg("msg_9")], now + 4, 100)
+    assert await all_ids(store, "conv_d", "desc") == ["msg_9", "msg_3", "msg_2", "msg_0"]
+
+
+@pytest.mark.asyncio
+async def test_conversation_isolated_from_caller_mutations(store: ResponseStore) -> None:
+    now = time.time()
+    items = [msg("msg_1")]
+    await store.create_conversation(conv("conv_m", now), items)
+    items[0]["content"][0]["text"] = "mutated"
+    page = await store.list_items("conv_m", ListParams())
+    assert page is not None and page.items == [msg("msg_1")]
+    page.items[0]["content"] = []
+    assert await store.get_item("conv_m", "msg_1") == msg("msg_1")
+
+
+@pytest.mark.asyncio
+async def test_conversation_purge_by_ttl_counts_from_last_write(make: MakeStore) -> None:
+    ttl = 3600.0
+    store = await make(ttl_seconds=ttl)
+    now = time.time()
+    await store.create_conversation(conv("conv_old", now - 2 * ttl), [msg("msg_o")])
+    await store.create_conversation(conv("conv_used", now - 2 * ttl), [msg("msg_u")])
+    await store.append_items("conv_used", [msg("msg_u2")], now - 10, 100)
+    await store.create_conversation(conv("conv_new", now - 10), [])
+    assert await store.purge(now) == 1
+    assert await store.get_conversation("conv_old") is None
+    assert await store.get_item("conv_old", "msg_o") is None
+    assert await store.get_conversation("conv_used") is not None
+    assert await all_ids(store, "conv_used") == ["msg_u", "msg_u2"]
+    assert await store.get_conversation("conv_new") is not None
+
+
+@pytest.mark.asyncio
+async def test_conversation_purge_by_max_records(make: MakeStore) -> None:
+    store = await make(max_records=3)
+    base = time.time() - 100
+    for i in range(6):
+        await store.create_conversation(conv(f"conv_{i}", base + i), [msg(f"msg_{i}")])
+    await store.purge(time.time())
+    present = [i for i in range(6) if await store.get_conversation(f"conv_{i}") is not None]
+    assert present == [3, 4, 5]
+
+
 # ---------------------------------------------------------------------------------------- sqlite
 
 
@@ -298,6 +477,35 @@ async def test_sqlite_persists_across_reopen_with_schema(tmp_path: Path) -> None
         indexes = {row[1] for row in conn.execute("PRAGMA index_list(responses)")}
         assert "responses_created_at" in indexes
     conn.close()
+
+
+@pytest.mark.asyncio
+async def test_sqlite_migrates_a_version_1_file(tmp_path: Path) -> None:
+    from wsproxy.store.sqlite import _SCHEMA_V1
+
+    path = str(tmp_path / "v1.db")
+    rec = record("resp_v1", 100.0)
+    conn = sqlite3.connect(path)
+    for statement in _SCHEMA_V1:
+        conn.execute(statement)
+    conn.execute(
+        "INSERT INTO responses (id, owner, created_at, data) VALUES (?, ?, ?, ?)",
+        (rec.id, rec.owner, rec.created_at, rec.dumps()),
+    )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    store = SQLiteStore(path, ttl_seconds=60, max_records=10)
+    await store.open()
+    try:
+        assert await store.get("resp_v1") == rec
+        await store.create_conversation(conv("conv_v2", 1.0), [msg("msg_1")])
+        assert await store.get_item("conv_v2", "msg_1") == msg("msg_1")
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as check:
+        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    check.close()
 
 
 @pytest.mark.asyncio

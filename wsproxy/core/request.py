@@ -79,6 +79,8 @@ class CreateRequest:
     previous_response_id: str | None = None
     stream_id: str | None = None
     generate: bool = True
+    # The conversation id of a ``conversation`` turn (wsproxy.service.conversations).
+    conversation: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -144,6 +146,26 @@ def normalize_input(value: Any) -> list[dict[str, Any]]:
     return value
 
 
+def conversation_ref(value: Any) -> str:
+    """The conversation id of the ``conversation`` parameter (a string or ``{"id": ...}``)."""
+    if isinstance(value, dict):
+        extra = set(value) - {"id"}
+        if extra:
+            name = sorted(extra)[0]
+            raise InvalidRequest(
+                f"Unknown parameter: 'conversation.{name}'.",
+                param=f"conversation.{name}",
+                code="unknown_parameter",
+            )
+        value = value.get("id")
+        param = "conversation.id"
+    else:
+        param = "conversation"
+    if not isinstance(value, str) or not value:
+        raise invalid_param(param, f"Invalid '{param}': expected a conversation id string.", "invalid_type")
+    return value
+
+
 def parse_create(obj: dict[str, Any], *, websocket: bool) -> CreateRequest:
     """Validate a create body (HTTP) or ``response.create`` frame (WebSocket)."""
     allowed_transport = WS_ONLY | {"stream", "background"} if websocket else HTTP_ONLY
@@ -175,16 +197,16 @@ def parse_create(obj: dict[str, Any], *, websocket: bool) -> CreateRequest:
         raise invalid_param("max_output_tokens", "Invalid 'max_output_tokens': expected an integer >= 1.")
     if "previous_response_id" in body and "conversation" in body:
         raise InvalidRequest(
-            "Only one of 'previous_response_id' or 'conversation' may be given.",
-            param="previous_response_id",
-            code="invalid_request_error",
-        )
-    if "conversation" in body:
-        raise InvalidRequest(
-            "Conversations are not supported by this server; use previous_response_id.",
+            "Mutually exclusive parameters: 'previous_response_id' and 'conversation'. Ensure you "
+            "are only providing one of: 'previous_response_id' or 'conversation'.",
             param="conversation",
-            code="unsupported_parameter",
+            code="mutually_exclusive_parameters",
         )
+    conversation: str | None = None
+    if "conversation" in body:
+        conversation = conversation_ref(body["conversation"])
+        # The Response object always echoes the object form, whichever form was sent.
+        body["conversation"] = {"id": conversation}
 
     items = normalize_input(obj.get("input"))
     stream_id = obj.get("stream_id") if websocket else None
@@ -212,4 +234,5 @@ def parse_create(obj: dict[str, Any], *, websocket: bool) -> CreateRequest:
         previous_response_id=body.get("previous_response_id"),
         stream_id=stream_id,
         generate=bool(obj.get("generate", True)),
+        conversation=conversation,
     )

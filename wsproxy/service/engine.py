@@ -30,6 +30,7 @@ from wsproxy.errors import ProxyError, previous_response_not_found
 from wsproxy.observability.responses import ResponseObserver
 from wsproxy.observability.tracing import Span, Tracing
 from wsproxy.policy.routing import Router, Target
+from wsproxy.service.conversations import HISTORY_LEN, Conversations, tag_conversation
 from wsproxy.store.base import ResponseStore, StoredResponse
 from wsproxy.upstream.base import Provider
 
@@ -109,7 +110,9 @@ class Engine:
         on_usage: Callable[..., None] | None = None,
         tracing: Tracing | None = None,
         observer: ResponseObserver | None = None,
+        conversations: Conversations | None = None,
     ) -> None:
+        self.conversations = conversations or Conversations(store)
         self.router = router
         self.providers = providers
         self.store = store
@@ -152,6 +155,14 @@ class Engine:
         effective = list(request.input)
         if previous is not None:
             effective = previous.input_items + list(previous.response.get("output") or []) + effective
+        extra: dict[str, Any] = {}
+        # -- conversation turn: history first; the id is the proxy's, never the upstream's.
+        if request.conversation is not None:
+            history = await self.conversations.history(request, principal)
+            effective = history + effective
+            extra[HISTORY_LEN] = len(history)
+            body.pop("conversation", None)
+        # -- end conversation turn
         return ResponseRun(
             request=request,
             principal=principal,
@@ -163,6 +174,7 @@ class Engine:
             previous=previous,
             traceparent=traceparent,
             request_id=request_id,
+            extra=extra,
         )
 
     def _upstream_holds_state(self, target: Target) -> bool:
@@ -279,6 +291,8 @@ class Engine:
             provider = self.providers[target.provider]
             call = self._call_for(run, target, provider)
             stream = provider.stream(call, run.response_id, run.created_at)
+            if run.request.conversation is not None:
+                stream = tag_conversation(stream, run.request.conversation)
             try:
                 first = await anext(stream)
             except StopAsyncIteration:
@@ -317,7 +331,7 @@ class Engine:
                 if not run.first_token_at and event.type.endswith(".delta"):
                     run.first_token_at = time.monotonic()
                 if event.terminal:
-                    await self._finish(run, event)
+                    event = await self._finish(run, event)
                     run.events_sent += 1
                     yield event
                     return
@@ -335,7 +349,7 @@ class Engine:
             builder.seq, builder.started = last_seq + 1, last_seq >= 0
             for event in builder.fail(*failure):
                 if event.terminal:
-                    await self._finish(run, event)
+                    event = await self._finish(run, event)
                 yield event
 
     async def _warmup(self, run: ResponseRun) -> AsyncIterator[Event]:
@@ -344,10 +358,14 @@ class Engine:
         events = builder.start(in_progress=False) + builder.complete(usage_object(), int(time.time()))
         for event in events:
             if event.terminal:
-                await self._finish(run, event)
+                event = await self._finish(run, event)
             yield event
 
-    async def _finish(self, run: ResponseRun, terminal: Event) -> None:
+    async def _finish(self, run: ResponseRun, terminal: Event) -> Event:
+        """Store the response; returns the terminal event to send."""
+        if run.request.conversation is not None:
+            turn_input = run.effective_input[run.extra.get(HISTORY_LEN, 0) :]
+            terminal = await self.conversations.record_turn(run.request.conversation, turn_input, terminal)
         payload = terminal.json()
         response = payload.get("response") or {}
         record = StoredResponse(
@@ -380,3 +398,4 @@ class Engine:
             )
         if run.request.store:
             await self.store.put(record)
+        return terminal

@@ -23,6 +23,7 @@ from wsproxy.observability.tracing import Tracing
 from wsproxy.policy.auth import KeyRing
 from wsproxy.policy.ratelimit import RateLimiter
 from wsproxy.policy.routing import Router
+from wsproxy.service.conversations import Conversations
 from wsproxy.service.engine import Engine
 from wsproxy.service.runs import BackgroundRegistry
 from wsproxy.settings import ProviderSettings, Settings
@@ -204,6 +205,7 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str] | None = N
         on_usage=metrics.record_usage,
         tracing=tracing,
         observer=ResponseObserver(metrics),
+        conversations=Conversations(store, max_items=s.conversation_max_items),
     )
     runtime = Runtime(
         settings=settings,

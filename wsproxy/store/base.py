@@ -5,16 +5,23 @@ sent in its terminal event, the *effective* input items (after ``previous_respon
 each with an id), and who owns it. Backends must make ``put`` atomic: a reader sees the whole
 record or nothing, also after a crash.
 
+Conversations (``/v1/conversations``) live in the same store: a
+:class:`~wsproxy.core.conversations.StoredConversation` plus its items in insertion order. Appends
+are atomic (all items or none, checked against the per-conversation item limit and against item ids
+already in the conversation); a conversation expires ``ttl`` after its last write, and counts
+towards the same size bound as responses, enforced separately (``max_records`` conversations).
+
 Backends map their own exceptions to :class:`wsproxy.errors.StoreError` at this boundary.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
+from wsproxy.core.conversations import ItemPage, ListParams, StoredConversation
 from wsproxy.core.records import StoredResponse
 
-__all__ = ["ResponseStore", "StoredResponse"]
+__all__ = ["ItemPage", "ListParams", "ResponseStore", "StoredConversation", "StoredResponse"]
 
 
 class ResponseStore(Protocol):
@@ -37,3 +44,39 @@ class ResponseStore(Protocol):
     async def claim_idempotency_key(self, key: str, response_id: str, now: float) -> str | None:
         """Atomically bind ``key`` to ``response_id``; returns the id already bound, if any."""
         ...
+
+    # -- conversations ---------------------------------------------------------------------------
+
+    async def create_conversation(
+        self, conversation: StoredConversation, items: list[dict[str, Any]]
+    ) -> None:
+        """Store a new conversation with its first items, atomically."""
+        ...
+
+    async def get_conversation(self, conversation_id: str) -> StoredConversation | None: ...
+
+    async def update_conversation(
+        self, conversation_id: str, metadata: dict[str, str], now: float
+    ) -> StoredConversation | None:
+        """Replace the metadata; ``None`` if there is no such conversation."""
+        ...
+
+    async def delete_conversation(self, conversation_id: str) -> bool:
+        """Delete the conversation and its items."""
+        ...
+
+    async def append_items(
+        self, conversation_id: str, items: list[dict[str, Any]], now: float, max_items: int
+    ) -> str:
+        """Append ``items`` (each with an ``id``) all or nothing; returns one of the ``APPEND_*``
+        outcomes of :mod:`wsproxy.core.conversations` (ok, not_found, duplicate, full)."""
+        ...
+
+    async def list_items(self, conversation_id: str, params: ListParams) -> ItemPage | None:
+        """One page in ``params.order`` after ``params.after``; ``None`` if the conversation or
+        the ``after`` item does not exist."""
+        ...
+
+    async def get_item(self, conversation_id: str, item_id: str) -> dict[str, Any] | None: ...
+
+    async def delete_item(self, conversation_id: str, item_id: str, now: float) -> bool: ...

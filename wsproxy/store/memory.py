@@ -1,10 +1,34 @@
-"""In-memory response store: bounded by count and TTL, for tests and ``store.backend = "memory"``."""
+"""In-memory response store: bounded by count and TTL, for tests and ``store.backend = "memory"``.
+
+Conversations are kept as their record plus a list of item blobs (JSON bytes, so nothing a caller
+holds can change them); every method runs without an await, so each is atomic on the event loop.
+"""
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
 
+import orjson
+
+from wsproxy.core.conversations import (
+    APPEND_DUPLICATE,
+    APPEND_FULL,
+    APPEND_NOT_FOUND,
+    APPEND_OK,
+    ItemPage,
+    ListParams,
+    StoredConversation,
+    page_of,
+)
 from wsproxy.store.base import StoredResponse
+
+
+@dataclass(slots=True)
+class _Conversation:
+    record: bytes
+    items: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 class MemoryStore:
@@ -13,6 +37,8 @@ class MemoryStore:
         self.max_records = max_records
         self._records: OrderedDict[str, StoredResponse] = OrderedDict()
         self._idem: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        # Ordered by last write: the first entries are the first to go when the bound is hit.
+        self._convs: OrderedDict[str, _Conversation] = OrderedDict()
 
     async def open(self) -> None:
         return None
@@ -20,6 +46,7 @@ class MemoryStore:
     async def close(self) -> None:
         self._records.clear()
         self._idem.clear()
+        self._convs.clear()
 
     async def put(self, record: StoredResponse) -> None:
         # Store a private copy: callers keep mutating their dicts.
@@ -43,7 +70,10 @@ class MemoryStore:
         stale = [k for k, (_, t) in self._idem.items() if t < cutoff]
         for key in stale:
             del self._idem[key]
-        return len(expired)
+        dead = [k for k, c in self._convs.items() if StoredConversation.loads(c.record).updated_at < cutoff]
+        for key in dead:
+            del self._convs[key]
+        return len(expired) + len(dead)
 
     async def claim_idempotency_key(self, key: str, response_id: str, now: float) -> str | None:
         existing = self._idem.get(key)
@@ -53,3 +83,81 @@ class MemoryStore:
         while len(self._idem) > self.max_records:
             self._idem.popitem(last=False)
         return None
+
+    # -- conversations ---------------------------------------------------------------------------
+
+    def _touch(self, conversation_id: str, conv: _Conversation, now: float) -> None:
+        record = StoredConversation.loads(conv.record)
+        record.updated_at = max(record.updated_at, now)
+        conv.record = record.dumps()
+        self._convs.move_to_end(conversation_id)
+
+    async def create_conversation(
+        self, conversation: StoredConversation, items: list[dict[str, Any]]
+    ) -> None:
+        blobs = [(str(item["id"]), orjson.dumps(item)) for item in items]
+        self._convs[conversation.id] = _Conversation(conversation.dumps(), blobs)
+        self._convs.move_to_end(conversation.id)
+        while len(self._convs) > self.max_records:
+            self._convs.popitem(last=False)
+
+    async def get_conversation(self, conversation_id: str) -> StoredConversation | None:
+        conv = self._convs.get(conversation_id)
+        return None if conv is None else StoredConversation.loads(conv.record)
+
+    async def update_conversation(
+        self, conversation_id: str, metadata: dict[str, str], now: float
+    ) -> StoredConversation | None:
+        conv = self._convs.get(conversation_id)
+        if conv is None:
+            return None
+        record = StoredConversation.loads(conv.record)
+        record.metadata = dict(metadata)
+        record.updated_at = max(record.updated_at, now)
+        conv.record = record.dumps()
+        self._convs.move_to_end(conversation_id)
+        return StoredConversation.loads(conv.record)
+
+    async def delete_conversation(self, conversation_id: str) -> bool:
+        return self._convs.pop(conversation_id, None) is not None
+
+    async def append_items(
+        self, conversation_id: str, items: list[dict[str, Any]], now: float, max_items: int
+    ) -> str:
+        conv = self._convs.get(conversation_id)
+        if conv is None:
+            return APPEND_NOT_FOUND
+        present = {item_id for item_id, _ in conv.items}
+        new_ids = [str(item["id"]) for item in items]
+        if len(set(new_ids)) != len(new_ids) or present.intersection(new_ids):
+            return APPEND_DUPLICATE
+        if len(conv.items) + len(items) > max_items:
+            return APPEND_FULL
+        conv.items.extend((str(item["id"]), orjson.dumps(item)) for item in items)
+        self._touch(conversation_id, conv, now)
+        return APPEND_OK
+
+    async def list_items(self, conversation_id: str, params: ListParams) -> ItemPage | None:
+        conv = self._convs.get(conversation_id)
+        if conv is None:
+            return None
+        return page_of([orjson.loads(blob) for _, blob in conv.items], params)
+
+    async def get_item(self, conversation_id: str, item_id: str) -> dict[str, Any] | None:
+        conv = self._convs.get(conversation_id)
+        for key, blob in conv.items if conv is not None else []:
+            if key == item_id:
+                item: dict[str, Any] = orjson.loads(blob)
+                return item
+        return None
+
+    async def delete_item(self, conversation_id: str, item_id: str, now: float) -> bool:
+        conv = self._convs.get(conversation_id)
+        if conv is None:
+            return False
+        for index, (key, _) in enumerate(conv.items):
+            if key == item_id:
+                del conv.items[index]
+                self._touch(conversation_id, conv, now)
+                return True
+        return False

@@ -6,7 +6,15 @@ Layout, all under ``key_prefix``:
   ``SET ... PX ttl`` so Redis expires it by itself even if no proxy ever purges;
 * ``{prefix}index``      a sorted set of ids scored by ``created_at``, used by ``purge`` to drop
   expired ids and to enforce ``max_records`` (oldest first);
-* ``{prefix}idem:{key}`` an idempotency key bound to a response id with ``SET NX PX ttl``.
+* ``{prefix}idem:{key}`` an idempotency key bound to a response id with ``SET NX PX ttl``;
+* ``{prefix}conv:{id}`` a hash (``data``: the conversation record, ``updated_at``), with
+  ``{prefix}conv:{id}:order`` (a sorted set of item ids scored by position) and
+  ``{prefix}conv:{id}:items`` (a hash item id -> item JSON); all three get ``PEXPIRE ttl`` again on
+  every write, so a conversation expires ``ttl`` after its last use;
+* ``{prefix}convindex`` a sorted set of conversation ids scored by last write, for ``purge``.
+
+Conversation writes that must check before they write (append, delete an item, update) are Lua
+scripts, so they are atomic against other proxies on the same Redis.
 
 A ``put`` writes the blob and the index entry in one MULTI/EXEC, so readers see all or nothing.
 ``purge`` runs a small Lua script per batch, so "pick the oldest ids and delete them" is atomic and
@@ -29,6 +37,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from wsproxy.core.conversations import ItemPage, ListParams, StoredConversation
 from wsproxy.errors import StoreError
 from wsproxy.store.base import StoredResponse
 
@@ -51,6 +60,113 @@ end
 local removed = 0
 for _, id in ipairs(ids) do
   redis.call('UNLINK', ARGV[4] .. id)
+  removed = removed + redis.call('ZREM', KEYS[1], id)
+end
+return removed
+"""
+
+# KEYS: conv, order, items, index. ARGV: now, max_items, ttl_ms, conv_id, n, id1, blob1, ...
+_APPEND_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 'not_found' end
+local n = tonumber(ARGV[5])
+local seen = {}
+for i = 1, n do
+  local id = ARGV[4 + 2 * i]
+  if seen[id] or redis.call('HEXISTS', KEYS[3], id) == 1 then return 'duplicate' end
+  seen[id] = true
+end
+if redis.call('ZCARD', KEYS[2]) + n > tonumber(ARGV[2]) then return 'full' end
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+local seq = 0
+if #last > 0 then seq = tonumber(last[2]) + 1 end
+for i = 1, n do
+  redis.call('ZADD', KEYS[2], seq + i - 1, ARGV[4 + 2 * i])
+  redis.call('HSET', KEYS[3], ARGV[4 + 2 * i], ARGV[5 + 2 * i])
+end
+local old = tonumber(redis.call('HGET', KEYS[1], 'updated_at') or '0')
+local now = tonumber(ARGV[1])
+if now > old then
+  redis.call('HSET', KEYS[1], 'updated_at', ARGV[1])
+  redis.call('ZADD', KEYS[4], now, ARGV[4])
+end
+for k = 1, 3 do redis.call('PEXPIRE', KEYS[k], ARGV[3]) end
+return 'ok'
+"""
+
+# KEYS: conv, order, items. ARGV: after ('' for none), count, asc ('1' or '0').
+# Returns false when the conversation or the ``after`` item is missing, else the item blobs.
+_LIST_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local asc = ARGV[3] == '1'
+local start = 0
+if ARGV[1] ~= '' then
+  local r
+  if asc then r = redis.call('ZRANK', KEYS[2], ARGV[1]) else r = redis.call('ZREVRANK', KEYS[2], ARGV[1]) end
+  if not r then return false end
+  start = r + 1
+end
+local stop = start + tonumber(ARGV[2]) - 1
+local ids
+if asc then
+  ids = redis.call('ZRANGE', KEYS[2], start, stop)
+else
+  ids = redis.call('ZREVRANGE', KEYS[2], start, stop)
+end
+local out = {}
+-- HMGET in chunks: unpack() of thousands of arguments overflows the Lua stack.
+for i = 1, #ids, 500 do
+  local chunk = {}
+  for j = i, math.min(i + 499, #ids) do chunk[#chunk + 1] = ids[j] end
+  local blobs = redis.call('HMGET', KEYS[3], unpack(chunk))
+  for _, b in ipairs(blobs) do out[#out + 1] = b end
+end
+return out
+"""
+
+# KEYS: conv, order, items, index. ARGV: item_id, now, ttl_ms, conv_id. Returns 1 if removed.
+_DELETE_ITEM_LUA = """
+local removed = redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+if removed == 1 and redis.call('EXISTS', KEYS[1]) == 1 then
+  local old = tonumber(redis.call('HGET', KEYS[1], 'updated_at') or '0')
+  if tonumber(ARGV[2]) > old then
+    redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
+    redis.call('ZADD', KEYS[4], tonumber(ARGV[2]), ARGV[4])
+  end
+  for k = 1, 3 do redis.call('PEXPIRE', KEYS[k], ARGV[3]) end
+end
+return removed
+"""
+
+# KEYS: conv, order, items, index. ARGV: data, now, ttl_ms, conv_id. Returns 0 if missing.
+_UPDATE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'data', ARGV[1])
+local old = tonumber(redis.call('HGET', KEYS[1], 'updated_at') or '0')
+if tonumber(ARGV[2]) > old then
+  redis.call('HSET', KEYS[1], 'updated_at', ARGV[2])
+  redis.call('ZADD', KEYS[4], tonumber(ARGV[2]), ARGV[4])
+end
+for k = 1, 3 do redis.call('PEXPIRE', KEYS[k], ARGV[3]) end
+return 1
+"""
+
+# One conversation purge batch; like _PURGE_LUA, but each id owns three keys.
+# KEYS[1] = convindex; ARGV = mode, bound, batch, conversation-key prefix.
+_PURGE_CONV_LUA = """
+local ids
+local batch = tonumber(ARGV[3])
+if ARGV[1] == 'ttl' then
+  ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2], 'LIMIT', 0, batch)
+else
+  local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[2])
+  if excess <= 0 then return 0 end
+  ids = redis.call('ZRANGE', KEYS[1], 0, math.min(excess, batch) - 1)
+end
+local removed = 0
+for _, id in ipairs(ids) do
+  local base = ARGV[4] .. id
+  redis.call('UNLINK', base, base .. ':order', base .. ':items')
   removed = removed + redis.call('ZREM', KEYS[1], id)
 end
 return removed
@@ -98,6 +214,12 @@ class RedisStore:
         self._client: aioredis.Redis | None = None
         self._pool: aioredis.BlockingConnectionPool | None = None
         self._purge_script: Any = None
+        self._conv_index = f"{key_prefix}convindex"
+        self._scripts: dict[str, Any] = {}
+
+    def _conv_keys(self, conversation_id: str) -> list[str]:
+        base = f"{self.prefix}conv:{conversation_id}"
+        return [base, f"{base}:order", f"{base}:items", self._conv_index]
 
     def _key(self, response_id: str) -> str:
         return f"{self.prefix}resp:{response_id}"
@@ -132,11 +254,22 @@ class RedisStore:
         self._pool = pool
         self._client = client
         self._purge_script = client.register_script(_PURGE_LUA)
+        self._scripts = {
+            name: client.register_script(source)
+            for name, source in (
+                ("append", _APPEND_LUA),
+                ("list", _LIST_LUA),
+                ("delete_item", _DELETE_ITEM_LUA),
+                ("update", _UPDATE_LUA),
+                ("purge", _PURGE_CONV_LUA),
+            )
+        }
 
     async def close(self) -> None:
         client, self._client = self._client, None
         self._pool = None
         self._purge_script = None
+        self._scripts = {}
         if client is not None:
             try:
                 # from_pool() made the client own the pool: this disconnects it too.
@@ -216,6 +349,20 @@ class RedisStore:
             dropped += n
             if n < self.purge_batch:
                 break
+        conv_script = self._scripts["purge"]
+        conv_prefix = f"{self.prefix}conv:"
+        for mode, bound in (("ttl", cutoff), ("size", str(self.max_records))):
+            while budget > 0:
+                budget -= 1
+
+                async def conv_op(mode: str = mode, bound: str = bound) -> int:
+                    args = [mode, bound, self.purge_batch, conv_prefix]
+                    return int(await conv_script(keys=[self._conv_index], args=args))
+
+                n = await self._guard(conv_op)
+                dropped += n
+                if n < self.purge_batch:
+                    break
         return dropped
 
     async def claim_idempotency_key(self, key: str, response_id: str, now: float) -> str | None:
@@ -235,6 +382,141 @@ class RedisStore:
                 if existing is not None:
                     return existing
             raise StoreError(f"Redis store could not claim idempotency key {key!r}: it keeps expiring.")
+
+        return await self._guard(op)
+
+    # ------------------------------------------------------------------ conversations
+
+    async def create_conversation(
+        self, conversation: StoredConversation, items: list[dict[str, Any]]
+    ) -> None:
+        client = self._require()
+        conv, order, items_key, index = self._conv_keys(conversation.id)
+        data = conversation.dumps()
+        blobs = {str(item["id"]): orjson.dumps(item) for item in items}
+
+        async def op() -> None:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.delete(conv, order, items_key)
+                pipe.hset(conv, mapping={"data": data, "updated_at": repr(float(conversation.updated_at))})
+                if items:
+                    pipe.zadd(order, {str(item["id"]): i for i, item in enumerate(items)})
+                    pipe.hset(items_key, mapping=blobs)  # type: ignore[arg-type]
+                for key in (conv, order, items_key):
+                    pipe.pexpire(key, self._ttl_ms)
+                pipe.zadd(index, {conversation.id: float(conversation.updated_at)})
+                await pipe.execute()
+
+        await self._guard(op)
+
+    async def get_conversation(self, conversation_id: str) -> StoredConversation | None:
+        client = self._require()
+        conv = self._conv_keys(conversation_id)[0]
+
+        async def op() -> list[Any]:
+            values: list[Any] = await client.hmget(conv, ["data", "updated_at"])
+            return values
+
+        data, updated = await self._guard(op)
+        if data is None:
+            return None
+        try:
+            record = StoredConversation.loads(data)
+            if updated is not None:
+                record.updated_at = float(updated)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise StoreError(
+                f"Redis store holds an unreadable conversation {conversation_id!r}: {exc}"
+            ) from exc
+        return record
+
+    async def update_conversation(
+        self, conversation_id: str, metadata: dict[str, str], now: float
+    ) -> StoredConversation | None:
+        current = await self.get_conversation(conversation_id)
+        if current is None:
+            return None
+        current.metadata = dict(metadata)
+        current.updated_at = max(current.updated_at, now)
+        script = self._scripts["update"]
+        keys = self._conv_keys(conversation_id)
+
+        async def op() -> int:
+            return int(
+                await script(
+                    keys=keys, args=[current.dumps(), repr(float(now)), self._ttl_ms, conversation_id]
+                )
+            )
+
+        return current if await self._guard(op) else None
+
+    async def delete_conversation(self, conversation_id: str) -> bool:
+        client = self._require()
+        conv, order, items_key, index = self._conv_keys(conversation_id)
+
+        async def op() -> bool:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.delete(conv)
+                pipe.delete(order, items_key)
+                pipe.zrem(index, conversation_id)
+                deleted, _, _ = await pipe.execute()
+            return int(deleted) > 0
+
+        return await self._guard(op)
+
+    async def append_items(
+        self, conversation_id: str, items: list[dict[str, Any]], now: float, max_items: int
+    ) -> str:
+        script = self._scripts.get("append")
+        self._require()
+        args: list[Any] = [repr(float(now)), max_items, self._ttl_ms, conversation_id, len(items)]
+        for item in items:
+            args += [str(item["id"]), orjson.dumps(item)]
+        keys = self._conv_keys(conversation_id)
+
+        async def op() -> str:
+            result = await script(keys=keys, args=args)  # type: ignore[misc]
+            return result.decode() if isinstance(result, bytes) else str(result)
+
+        return await self._guard(op)
+
+    async def list_items(self, conversation_id: str, params: ListParams) -> ItemPage | None:
+        script = self._scripts.get("list")
+        self._require()
+        keys = self._conv_keys(conversation_id)[:3]
+        args = [params.after or "", params.limit + 1, "1" if params.order == "asc" else "0"]
+
+        async def op() -> list[Any] | None:
+            result: list[Any] | None = await script(keys=keys, args=args)  # type: ignore[misc]
+            return result
+
+        blobs = await self._guard(op)
+        if blobs is None:
+            return None
+        items = [orjson.loads(b) for b in blobs[: params.limit] if b is not None]
+        return ItemPage(items=items, has_more=len(blobs) > params.limit)
+
+    async def get_item(self, conversation_id: str, item_id: str) -> dict[str, Any] | None:
+        client = self._require()
+        items_key = self._conv_keys(conversation_id)[2]
+
+        async def op() -> Any:
+            return await client.hget(items_key, item_id)
+
+        blob = await self._guard(op)
+        if blob is None:
+            return None
+        item: dict[str, Any] = orjson.loads(blob)
+        return item
+
+    async def delete_item(self, conversation_id: str, item_id: str, now: float) -> bool:
+        script = self._scripts.get("delete_item")
+        self._require()
+        keys = self._conv_keys(conversation_id)
+
+        async def op() -> bool:
+            args = [item_id, repr(float(now)), self._ttl_ms, conversation_id]
+            return int(await script(keys=keys, args=args)) > 0  # type: ignore[misc]
 
         return await self._guard(op)
 

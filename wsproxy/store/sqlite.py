@@ -17,6 +17,9 @@ Rules this module keeps:
   responses whose ids the client already holds and will send as ``previous_response_id``. One fsync
   per stored response is cheap next to the model call that produced it.
 * The schema is versioned with ``PRAGMA user_version`` and created by ``open()``.
+* Conversations (schema version 2) are one row each plus one row per item, keyed by
+  ``(conversation_id, seq)`` with ``item_id`` unique per conversation; an append is one
+  transaction that checks the conversation, the item limit and duplicate ids before inserting.
 * sqlite3 exceptions are mapped to :class:`~wsproxy.errors.StoreError` here, at the boundary.
 
 This module must not touch the network, the event loop's default executor, or any other store; it
@@ -29,16 +32,25 @@ import asyncio
 import concurrent.futures
 import sqlite3
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import orjson
 
+from wsproxy.core.conversations import (
+    APPEND_DUPLICATE,
+    APPEND_FULL,
+    APPEND_NOT_FOUND,
+    APPEND_OK,
+    ItemPage,
+    ListParams,
+    StoredConversation,
+)
 from wsproxy.errors import StoreError
 from wsproxy.store.base import StoredResponse
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Applied in one transaction when the file has user_version 0 (new or never initialized).
 _SCHEMA_V1 = (
@@ -59,6 +71,29 @@ _SCHEMA_V1 = (
     )
     """,
     "CREATE INDEX IF NOT EXISTS idempotency_created_at ON idempotency (created_at)",
+)
+
+# Conversations and their items (schema version 2).
+_SCHEMA_V2 = (
+    """
+    CREATE TABLE IF NOT EXISTS conversations (
+        id TEXT PRIMARY KEY NOT NULL,
+        owner TEXT,
+        updated_at REAL NOT NULL,
+        data BLOB NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS conversations_updated_at ON conversations (updated_at)",
+    """
+    CREATE TABLE IF NOT EXISTS conversation_items (
+        conversation_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        item_id TEXT NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (conversation_id, seq),
+        UNIQUE (conversation_id, item_id)
+    )
+    """,
 )
 
 _VALID_SYNCHRONOUS = ("FULL", "EXTRA", "NORMAL")
@@ -182,6 +217,20 @@ class SQLiteStore:
                 break
         while budget > 0:
             budget -= 1
+            n = await self._call(self._purge_conversations_sync, cutoff, self.purge_batch)
+            dropped += n
+            if n < self.purge_batch:
+                break
+        excess = await self._call(self._count_sync, "conversations") - self.max_records
+        while excess > 0 and budget > 0:
+            budget -= 1
+            n = await self._call(self._purge_conversations_sync, None, min(excess, self.purge_batch))
+            dropped += n
+            excess -= n
+            if n == 0:
+                break
+        while budget > 0:
+            budget -= 1
             if await self._call(self._delete_expired_sync, "idempotency", cutoff) < self.purge_batch:
                 break
         # Idempotency keys are bounded like records, so a flood of distinct keys cannot grow the file.
@@ -196,6 +245,40 @@ class SQLiteStore:
 
     async def claim_idempotency_key(self, key: str, response_id: str, now: float) -> str | None:
         return await self._call(self._claim_sync, key, response_id, float(now))
+
+    # ------------------------------------------------------------------ conversations
+
+    async def create_conversation(
+        self, conversation: StoredConversation, items: list[dict[str, Any]]
+    ) -> None:
+        rows = [(str(item["id"]), orjson.dumps(item)) for item in items]
+        await self._call(self._create_conv_sync, conversation, conversation.dumps(), rows)
+
+    async def get_conversation(self, conversation_id: str) -> StoredConversation | None:
+        return await self._call(self._get_conv_sync, conversation_id)
+
+    async def update_conversation(
+        self, conversation_id: str, metadata: dict[str, str], now: float
+    ) -> StoredConversation | None:
+        return await self._call(self._update_conv_sync, conversation_id, dict(metadata), float(now))
+
+    async def delete_conversation(self, conversation_id: str) -> bool:
+        return await self._call(self._delete_conv_sync, conversation_id)
+
+    async def append_items(
+        self, conversation_id: str, items: list[dict[str, Any]], now: float, max_items: int
+    ) -> str:
+        rows = [(str(item["id"]), orjson.dumps(item)) for item in items]
+        return await self._call(self._append_sync, conversation_id, rows, float(now), max_items)
+
+    async def list_items(self, conversation_id: str, params: ListParams) -> ItemPage | None:
+        return await self._call(self._list_sync, conversation_id, params)
+
+    async def get_item(self, conversation_id: str, item_id: str) -> dict[str, Any] | None:
+        return await self._call(self._get_item_sync, conversation_id, item_id)
+
+    async def delete_item(self, conversation_id: str, item_id: str, now: float) -> bool:
+        return await self._call(self._delete_item_sync, conversation_id, item_id, float(now))
 
     # ------------------------------------------------------------------ event-loop side plumbing
 
@@ -274,6 +357,9 @@ class SQLiteStore:
                 )
             if version < 1:
                 for statement in _SCHEMA_V1:
+                    conn.execute(statement)
+            if version < 2:
+                for statement in _SCHEMA_V2:
                     conn.execute(statement)
             # Future migrations go here, each `if version < N:` step inside this same transaction.
             if version != SCHEMA_VERSION:
@@ -375,5 +461,182 @@ class SQLiteStore:
                 (key, response_id, now),
             )
             return None
+
+        return self._write(write)
+
+    # -- conversations, worker-thread side
+
+    def _create_conv_sync(self, conv: StoredConversation, data: bytes, rows: list[tuple[str, bytes]]) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO conversations (id, owner, updated_at, data) VALUES (?, ?, ?, ?)",
+                (conv.id, conv.owner, float(conv.updated_at), data),
+            )
+            conn.execute("DELETE FROM conversation_items WHERE conversation_id = ?", (conv.id,))
+            conn.executemany(
+                "INSERT INTO conversation_items (conversation_id, seq, item_id, data) VALUES (?, ?, ?, ?)",
+                [(conv.id, seq, item_id, blob) for seq, (item_id, blob) in enumerate(rows)],
+            )
+
+        self._write(write)
+
+    def _conv_row(self, conn: sqlite3.Connection, conversation_id: str) -> StoredConversation | None:
+        row = conn.execute("SELECT data FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+        if row is None:
+            return None
+        try:
+            return StoredConversation.loads(row[0])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise StoreError(
+                f"SQLite store holds an unreadable conversation {conversation_id!r}: {exc}"
+            ) from exc
+
+    def _touch_conv(self, conn: sqlite3.Connection, conv: StoredConversation, now: float) -> None:
+        conv.updated_at = max(conv.updated_at, now)
+        conn.execute(
+            "UPDATE conversations SET updated_at = ?, data = ? WHERE id = ?",
+            (conv.updated_at, conv.dumps(), conv.id),
+        )
+
+    def _get_conv_sync(self, conversation_id: str) -> StoredConversation | None:
+        return self._conv_row(self._db(), conversation_id)
+
+    def _update_conv_sync(
+        self, conversation_id: str, metadata: dict[str, str], now: float
+    ) -> StoredConversation | None:
+        def write(conn: sqlite3.Connection) -> StoredConversation | None:
+            conv = self._conv_row(conn, conversation_id)
+            if conv is None:
+                return None
+            conv.metadata = metadata
+            self._touch_conv(conn, conv, now)
+            return conv
+
+        return self._write(write)
+
+    def _delete_conv_sync(self, conversation_id: str) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            conn.execute("DELETE FROM conversation_items WHERE conversation_id = ?", (conversation_id,))
+            return conn.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,)).rowcount > 0
+
+        return self._write(write)
+
+    def _append_sync(
+        self, conversation_id: str, rows: list[tuple[str, bytes]], now: float, max_items: int
+    ) -> str:
+        def write(conn: sqlite3.Connection) -> str:
+            conv = self._conv_row(conn, conversation_id)
+            if conv is None:
+                return APPEND_NOT_FOUND
+            ids = [item_id for item_id, _ in rows]
+            if len(set(ids)) != len(ids):
+                return APPEND_DUPLICATE
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                hit = conn.execute(
+                    "SELECT 1 FROM conversation_items WHERE conversation_id = ? "
+                    f"AND item_id IN ({marks}) LIMIT 1",
+                    (conversation_id, *chunk),
+                ).fetchone()
+                if hit is not None:
+                    return APPEND_DUPLICATE
+            count, last = conn.execute(
+                "SELECT COUNT(*), COALESCE(MAX(seq), -1) FROM conversation_items WHERE conversation_id = ?",
+                (conversation_id,),
+            ).fetchone()
+            if int(count) + len(rows) > max_items:
+                return APPEND_FULL
+            conn.executemany(
+                "INSERT INTO conversation_items (conversation_id, seq, item_id, data) VALUES (?, ?, ?, ?)",
+                [
+                    (conversation_id, int(last) + 1 + i, item_id, blob)
+                    for i, (item_id, blob) in enumerate(rows)
+                ],
+            )
+            self._touch_conv(conn, conv, now)
+            return APPEND_OK
+
+        return self._write(write)
+
+    def _list_sync(self, conversation_id: str, params: ListParams) -> ItemPage | None:
+        conn = self._db()
+        # One read transaction: the page and the cursor it starts from are from the same snapshot.
+        conn.execute("BEGIN")
+        try:
+            if (
+                conn.execute("SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)).fetchone()
+                is None
+            ):
+                return None
+            asc = params.order == "asc"
+            bound: int | None = None
+            if params.after is not None:
+                row = conn.execute(
+                    "SELECT seq FROM conversation_items WHERE conversation_id = ? AND item_id = ?",
+                    (conversation_id, params.after),
+                ).fetchone()
+                if row is None:
+                    return None
+                bound = int(row[0])
+            sql = "SELECT data FROM conversation_items WHERE conversation_id = ?"
+            args: list[Any] = [conversation_id]
+            if bound is not None:
+                sql += " AND seq > ?" if asc else " AND seq < ?"
+                args.append(bound)
+            sql += " ORDER BY seq " + ("ASC" if asc else "DESC") + " LIMIT ?"
+            args.append(params.limit + 1)
+            blobs = [r[0] for r in conn.execute(sql, args).fetchall()]
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+        items = [orjson.loads(blob) for blob in blobs[: params.limit]]
+        return ItemPage(items=items, has_more=len(blobs) > params.limit)
+
+    def _get_item_sync(self, conversation_id: str, item_id: str) -> dict[str, Any] | None:
+        row = (
+            self._db()
+            .execute(
+                "SELECT data FROM conversation_items WHERE conversation_id = ? AND item_id = ?",
+                (conversation_id, item_id),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        item: dict[str, Any] = orjson.loads(row[0])
+        return item
+
+    def _delete_item_sync(self, conversation_id: str, item_id: str, now: float) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            gone = conn.execute(
+                "DELETE FROM conversation_items WHERE conversation_id = ? AND item_id = ?",
+                (conversation_id, item_id),
+            ).rowcount
+            conv = self._conv_row(conn, conversation_id)
+            if gone and conv is not None:
+                self._touch_conv(conn, conv, now)
+            return gone > 0
+
+        return self._write(write)
+
+    def _purge_conversations_sync(self, cutoff: float | None, limit: int) -> int:
+        """Drop up to ``limit`` conversations (and their items): expired ones when ``cutoff`` is
+        given, else the least recently written."""
+
+        def write(conn: sqlite3.Connection) -> int:
+            if cutoff is None:
+                rows = conn.execute(
+                    "SELECT id FROM conversations ORDER BY updated_at, rowid LIMIT ?", (limit,)
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    "SELECT id FROM conversations WHERE updated_at < ? ORDER BY updated_at LIMIT ?",
+                    (cutoff, limit),
+                ).fetchall()
+            ids = [(r[0],) for r in rows]
+            conn.executemany("DELETE FROM conversation_items WHERE conversation_id = ?", ids)
+            conn.executemany("DELETE FROM conversations WHERE id = ?", ids)
+            return len(ids)
 
         return self._write(write)
