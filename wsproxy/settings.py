@@ -138,10 +138,10 @@ class KeySettings:
 
 @dataclass(frozen=True, slots=True)
 class CacheSettings:
-    """The response cache (opt-in per key or per request)."""
+    """The response cache (opt-in per key or per request; its entries are bounded in number like
+    stored responses, by ``store.max_records``). ``ttl_seconds = 0`` turns it off."""
 
     ttl_seconds: float = 300.0
-    max_entries: int = 10_000
     # Responses larger than this (JSON bytes) are not cached.
     max_entry_bytes: int = 1024 * 1024
 

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from wsproxy.asgi import stored
+from wsproxy.asgi import stored, usage
 from wsproxy.asgi.http import authenticate, compact, create_response, responses_get, runtime_of
 from wsproxy.asgi.render import error_response, json_response
 from wsproxy.asgi.ws import websocket_endpoint
@@ -86,6 +86,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         Route("/v1/responses", responses_get, methods=["GET"]),
         Route("/v1/responses/compact", compact, methods=["POST"]),
         *stored.routes(),
+        *usage.routes(),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

@@ -522,9 +522,11 @@ class SQLiteStore:
         return [usage_row(r[0], r[1], r[2], r[3:]) for r in rows]
 
     def _cache_get_sync(self, key: str, now: float) -> bytes | None:
-        row = self._db().execute(
-            "SELECT data FROM response_cache WHERE key = ? AND expires_at > ?", (key, now)
-        ).fetchone()
+        row = (
+            self._db()
+            .execute("SELECT data FROM response_cache WHERE key = ? AND expires_at > ?", (key, now))
+            .fetchone()
+        )
         return None if row is None else bytes(row[0])
 
     def _cache_put_sync(self, key: str, data: bytes, expires_at: float) -> None:
