@@ -1,4 +1,5 @@
-"""``wsproxy serve``: argv -> Settings -> the server (``wsproxy.server``). Nothing else."""
+"""``wsproxy serve``: argv -> Settings -> the server (``wsproxy.server``); ``wsproxy keys hash``:
+the digest line of a ``[keys.NAME]`` section. Nothing else."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import signal
 import sys
 
 from wsproxy import __version__
+from wsproxy.policy.auth import key_digest
 from wsproxy.server.config import serve
 from wsproxy.settings import SettingsError, load_settings
 
@@ -20,12 +22,33 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind (default 8080)")
     serve.add_argument("--config", help="TOML settings file (or WSPROXY_CONFIG)")
     serve.add_argument("--log-level", help="debug, info, warning, error")
+    keys = sub.add_parser("keys", help="API key helpers")
+    keys_sub = keys.add_subparsers(dest="keys_command")
+    hash_cmd = keys_sub.add_parser(
+        "hash", help="print the sha256 line of a [keys.NAME] section for KEY ('-': read it from stdin)"
+    )
+    hash_cmd.add_argument("key", metavar="KEY")
     return parser
+
+
+def keys_hash(key: str) -> int:
+    """Print ``sha256 = "<hex>"``; the key itself is never printed."""
+    if key == "-":
+        # From stdin, so the key does not land in the shell history: the first line, without
+        # its line break.
+        key = sys.stdin.readline().rstrip("\r\n")
+    if not key:
+        print("wsproxy: empty key", file=sys.stderr)
+        return 2
+    print(f'sha256 = "{key_digest(key)}"')
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "keys" and args.keys_command == "hash":
+        return keys_hash(args.key)
     if args.command != "serve":
         parser.print_help()
         return 2

@@ -3,6 +3,8 @@
 Precedence: defaults < TOML file < environment. Environment names are ``WSPROXY_<FIELD>`` for
 top-level fields and ``WSPROXY_<SECTION>_<FIELD>`` for the sections (``WSPROXY_STORE_BACKEND``,
 ``WSPROXY_LIMITS_WS_MAX_INFLIGHT``...). ``WSPROXY_API_KEYS`` is a comma-separated list.
+``WSPROXY_ADMIN_KEYS`` likewise.
+``[keys.NAME]`` sections (scoped keys, by digest) come only from the file.
 ``OPENAI_API_KEY`` / ``OPENAI_BASE_URL`` add an ``openai`` provider and ``ANTHROPIC_API_KEY`` /
 ``ANTHROPIC_BASE_URL`` an ``anthropic`` one, ``GEMINI_API_KEY`` (or ``GOOGLE_API_KEY``) /
 ``GEMINI_BASE_URL`` a ``gemini`` one, with no file at all. With no provider configured the
@@ -15,7 +17,9 @@ A TOML example is in the README. This module reads files and the environment onl
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -78,6 +82,8 @@ class StoreSettings:
     purge_interval: float = 60.0
     # Items one conversation may hold (/v1/conversations); a turn or items.create beyond it is a 400.
     conversation_max_items: int = 10_000
+    # Usage rows older than this many days are dropped.
+    usage_days: int = 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +117,36 @@ class LimitSettings:
     rate_limit_rpm: int = 0
     max_concurrent_responses: int = 10_000
     shutdown_grace: float = 30.0
+    # Response creations per minute per client address when auth is off (0 = unlimited).
+    ip_rpm: int = 0
+    # Peers (addresses or CIDR blocks) whose X-Forwarded-For names the client (a load balancer).
+    trusted_proxies: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class KeySettings:
+    """A ``[keys.NAME]`` section: the SHA-256 hex digest of the key, never the key itself."""
+
+    name: str
+    sha256: str
+    # Allowed model names, aliases or provider@model / provider@* patterns; None = any.
+    models: tuple[str, ...] | None = None
+    rpm: int = 0
+    tpm: int = 0
+    requests_per_day: int = 0
+    tokens_per_day: int = 0
+    admin: bool = False
+    cache: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """The response cache (opt-in per key or per request; its entries are bounded in number like
+    stored responses, by ``store.max_records``). ``ttl_seconds = 0`` turns it off."""
+
+    ttl_seconds: float = 300.0
+    # Responses larger than this (JSON bytes) are not cached.
+    max_entry_bytes: int = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +163,10 @@ class Settings:
     aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     store: StoreSettings = field(default_factory=StoreSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
+    # Unscoped keys that may read every key's usage.
+    admin_keys: tuple[str, ...] = ()
+    keys: Mapping[str, KeySettings] = field(default_factory=dict)
+    cache: CacheSettings = field(default_factory=CacheSettings)
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -193,6 +233,44 @@ def _provider(name: str, data: Mapping[str, Any]) -> ProviderSettings:
     return _section(ProviderSettings, {"name": name, **data}, {}, f"providers.{name}.")  # type: ignore[no-any-return]
 
 
+_KEY_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def _key(name: str, data: Any) -> KeySettings:
+    if not isinstance(data, Mapping):
+        raise SettingsError(f"keys.{name} must be a table")
+    if not _KEY_NAME.fullmatch(name) or re.fullmatch(r"key_[0-9a-f]{16}", name) or name == "anonymous":
+        raise SettingsError(
+            f"keys.{name}: a key name is 1-64 letters, digits, '_', '.' or '-' "
+            "(and not 'anonymous' or key_<16 hex>, the names of unnamed keys)"
+        )
+    digest = str(data.get("sha256", "")).lower()
+    if not _DIGEST.fullmatch(digest):
+        raise SettingsError(
+            f"keys.{name}.sha256 must be the 64-hex-digit SHA-256 of the key (wsproxy keys hash -)"
+        )
+    if "key" in data or "api_key" in data:
+        raise SettingsError(f"keys.{name}: put the key's sha256, never the key itself")
+    models = data.get("models")
+    if models is not None and (
+        not isinstance(models, list) or not all(isinstance(m, str) and m for m in models)
+    ):
+        raise SettingsError(f"keys.{name}.models must be a list of model names or patterns")
+    for field_name in ("rpm", "tpm", "requests_per_day", "tokens_per_day"):
+        value = data.get(field_name, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise SettingsError(f"keys.{name}.{field_name} must be an integer >= 0")
+    rest = {k: v for k, v in data.items() if k not in ("sha256", "models")}
+    key: KeySettings = _section(
+        KeySettings,
+        {"name": name, "sha256": digest, **rest},
+        {},
+        f"keys.{name}.",
+    )
+    return dataclasses.replace(key, models=None if models is None else tuple(models))
+
+
 def load_settings(
     path: str | None = None, environ: Mapping[str, str] | None = None, **overrides: Any
 ) -> Settings:
@@ -244,8 +322,20 @@ def load_settings(
             raise SettingsError(f"aliases.{alias} is empty")
         aliases[alias] = chain
 
+    keys: dict[str, KeySettings] = {}
+    for name, kdata in (data.pop("keys", None) or {}).items():
+        keys[name] = _key(name, kdata)
+    digests = [k.sha256 for k in keys.values()]
+    if len(set(digests)) != len(digests):
+        raise SettingsError("two [keys.*] sections have the same sha256")
+    cache = _section(CacheSettings, data.pop("cache", None) or {}, env, "cache.")
     store = _section(StoreSettings, data.pop("store", None) or {}, env, "store.")
     limits = _section(LimitSettings, data.pop("limits", None) or {}, env, "limits.")
+    for entry in limits.trusted_proxies:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise SettingsError(f"limits.trusted_proxies: {entry!r} is not an address or a CIDR") from None
     top = _section(Settings, data, env, "")
     if top.log_format not in ("text", "json"):
         raise SettingsError(f"log_format must be 'text' or 'json', not {top.log_format!r}")
@@ -265,5 +355,7 @@ def load_settings(
         store=store,
         limits=limits,
         default_provider=default_provider,
+        keys=keys,
+        cache=cache,
     )
     return settings.replace(**overrides) if overrides else settings

@@ -28,7 +28,7 @@ from wsproxy.core.conversations import (
     StoredConversation,
 )
 from wsproxy.errors import StoreError
-from wsproxy.store.base import ResponseStore, StoredResponse
+from wsproxy.store.base import Charge, ResponseStore, StoredResponse
 from wsproxy.store.factory import make_store
 from wsproxy.store.memory import MemoryStore
 from wsproxy.store.redis import RedisStore
@@ -452,6 +452,84 @@ async def test_conversation_purge_by_max_records(make: MakeStore) -> None:
     await store.purge(time.time())
     present = [i for i in range(6) if await store.get_conversation(f"conv_{i}") is not None]
     assert present == [3, 4, 5]
+# ------------------------------------------------------------------- limits, usage, response cache
+
+
+def charge(key: str, amount: int, limit: int, expires_at: float) -> Charge:
+    return Charge(key, amount, limit, expires_at, "rpm", expires_at)
+
+
+@pytest.mark.asyncio
+async def test_take_limits_is_all_or_nothing(store: ResponseStore) -> None:
+    now = time.time()
+    until = now + 3600
+    rpm, tpm = f"p:rpm:{uuid.uuid4().hex}", f"p:tpm:{uuid.uuid4().hex}"
+    assert await store.take_limits([charge(rpm, 1, 2, until), charge(tpm, 60, 100, until)], now) == -1
+    # The second counter would pass its limit (60 + 60 > 100): nothing is charged, index 1.
+    assert await store.take_limits([charge(rpm, 1, 2, until), charge(tpm, 60, 100, until)], now) == 1
+    assert await store.take_limits([charge(rpm, 1, 2, until), charge(tpm, 40, 100, until)], now) == -1
+    # Now both are at their limits: the first one refuses.
+    assert await store.take_limits([charge(rpm, 1, 2, until), charge(tpm, 0, 100, until)], now) == 0
+    # A settlement refunds: 40 tokens back make room for 40.
+    await store.adjust_limit(tpm, -40, until)
+    assert await store.take_limits([charge(tpm, 40, 100, until)], now) == -1
+    assert await store.take_limits([charge(tpm, 1, 100, until)], now) == 0
+    # Counters never go below zero.
+    other = f"p:tpm:{uuid.uuid4().hex}"
+    await store.adjust_limit(other, -500, until)
+    assert await store.take_limits([charge(other, 100, 100, until)], now) == -1
+
+
+@pytest.mark.asyncio
+async def test_take_limits_concurrent_never_exceeds(store: ResponseStore) -> None:
+    now = time.time()
+    key = f"p:rpm:{uuid.uuid4().hex}"
+    results = await asyncio.wait_for(
+        asyncio.gather(*(store.take_limits([charge(key, 1, 7, now + 3600)], now) for _ in range(30))), 30
+    )
+    assert results.count(-1) == 7 and results.count(0) == 23
+
+
+@pytest.mark.asyncio
+async def test_usage_rows_add_up_and_filter(store: ResponseStore) -> None:
+    await store.add_usage("2026-01-01", "alice", "local", (1, 10, 20, 3, 4))
+    await store.add_usage("2026-01-01", "alice", "local", (1, 5, 6, 0, 1))
+    await store.add_usage("2026-01-01", "alice", "gpt-x", (1, 1, 1, 0, 0))
+    await store.add_usage("2026-01-02", "bob", "local", (2, 7, 8, 0, 0))
+    await store.add_usage("2026-02-01", "alice", "local", (1, 1, 1, 1, 1))
+    alice = await store.usage("alice", "2026-01-01", "2026-01-31")
+    assert alice == [
+        {"date": "2026-01-01", "key": "alice", "model": "gpt-x", "requests": 1, "input_tokens": 1,
+         "output_tokens": 1, "cached_tokens": 0, "reasoning_tokens": 0},
+        {"date": "2026-01-01", "key": "alice", "model": "local", "requests": 2, "input_tokens": 15,
+         "output_tokens": 26, "cached_tokens": 3, "reasoning_tokens": 5},
+    ]  # fmt: skip
+    everyone = await store.usage(None, "2026-01-01", "2026-01-02")
+    assert [(r["date"], r["key"], r["model"]) for r in everyone] == [
+        ("2026-01-01", "alice", "gpt-x"),
+        ("2026-01-01", "alice", "local"),
+        ("2026-01-02", "bob", "local"),
+    ]
+    assert await store.usage("carol", "2026-01-01", "2026-12-31") == []
+    odd = "modèle \u2028 🙂"
+    await store.add_usage("2026-03-01", "key_0123456789abcdef", odd, (1, 2, 3, 0, 0))
+    got = await store.usage("key_0123456789abcdef", "2026-03-01", "2026-03-01")
+    assert [(r["model"], r["output_tokens"]) for r in got] == [(odd, 3)]
+
+
+@pytest.mark.asyncio
+async def test_response_cache_get_put_expiry(store: ResponseStore) -> None:
+    now = time.time()
+    assert await store.cache_get("h1", now) is None
+    await store.cache_put("h1", b'{"id":"resp_1"}', now + 60)
+    assert await store.cache_get("h1", now) == b'{"id":"resp_1"}'
+    await store.cache_put("h1", b'{"id":"resp_2"}', now + 60)
+    assert await store.cache_get("h1", now) == b'{"id":"resp_2"}'
+    await store.cache_put("h2", b"x", now + 0.5)
+    await asyncio.sleep(0.8)  # Redis expires on its own clock
+    assert await store.cache_get("h2", time.time()) is None
+    await store.purge(time.time())
+    assert await store.cache_get("h1", time.time()) == b'{"id":"resp_2"}'
 
 
 # ---------------------------------------------------------------------------------------- sqlite
@@ -501,10 +579,13 @@ async def test_sqlite_migrates_a_version_1_file(tmp_path: Path) -> None:
         assert await store.get("resp_v1") == rec
         await store.create_conversation(conv("conv_v2", 1.0), [msg("msg_1")])
         assert await store.get_item("conv_v2", "msg_1") == msg("msg_1")
+        # Version 3's tables (limits, usage, cache) came with the same migration.
+        await store.add_usage("2026-01-02", "alice", "local", [1, 2, 3, 0, 0])
+        assert [r["output_tokens"] for r in await store.usage("alice", "2026-01-01", "2026-01-03")] == [3]
     finally:
         await store.close()
     with sqlite3.connect(path) as check:
-        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     check.close()
 
 
@@ -639,3 +720,21 @@ async def test_factory(tmp_path: Path) -> None:
     assert isinstance(redis_store, RedisStore) and redis_store.url == kw["url"]
     with pytest.raises(ValueError, match="unknown store backend"):
         make_store("postgres", **kw)
+
+
+@pytest.mark.asyncio
+async def test_sqlite_limits_shared_between_stores_on_one_file(tmp_path: Path) -> None:
+    """Two stores on one file (two connections and threads, as two worker processes have)
+    charging one counter concurrently: the limit holds across them."""
+    path = str(tmp_path / "shared.db")
+    stores = [SQLiteStore(path, ttl_seconds=60, max_records=100) for _ in range(2)]
+    for s in stores:
+        await s.open()
+    try:
+        now = time.time()
+        calls = [stores[i % 2].take_limits([charge("k:rpm:1", 1, 10, now + 60)], now) for i in range(40)]
+        results = await asyncio.wait_for(asyncio.gather(*calls), 60)
+        assert results.count(-1) == 10
+    finally:
+        for s in stores:
+            await s.close()

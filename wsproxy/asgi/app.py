@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from wsproxy.asgi import conversations, stored
+from wsproxy.asgi import conversations, stored, usage
 from wsproxy.asgi.access_log import AccessLogMiddleware
 from wsproxy.asgi.http import authenticate, compact, create_response, responses_get, runtime_of
 from wsproxy.asgi.render import error_response, json_response
@@ -94,6 +94,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         Route("/v1/responses/compact", compact, methods=["POST"]),
         *stored.routes(),
         *conversations.routes(),  # /v1/conversations
+        *usage.routes(),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),

@@ -27,6 +27,8 @@ from wsproxy.core.request import loads_object, parse_create
 from wsproxy.core.sse import DONE, KEEPALIVE, encode_event
 from wsproxy.errors import InvalidRequest, PayloadTooLarge, ProxyError, UpstreamError, unknown_parameter
 from wsproxy.policy.auth import bearer_token
+from wsproxy.policy.keys import Principal
+from wsproxy.service.tenancy import cache_headers
 from wsproxy.service.wiring import Runtime
 
 log = logging.getLogger("wsproxy.http")
@@ -44,9 +46,14 @@ def runtime_of(request: Request) -> Runtime:
 
 
 def authenticate(runtime: Runtime, request: Request) -> str | None:
-    principal = runtime.keyring.authenticate(bearer_token(request.headers.get("authorization")))
+    principal = identify(runtime, request)
+    return None if principal is None else principal.name
+
+
+def identify(runtime: Runtime, request: Request) -> Principal | None:
+    principal = runtime.keyring.identify(bearer_token(request.headers.get("authorization")))
     if runtime.limiter.enabled:
-        runtime.limiter.check(principal or "anonymous", time.monotonic())
+        runtime.limiter.check(principal.name if principal else "anonymous", time.monotonic())
     return principal
 
 
@@ -67,15 +74,17 @@ async def create_response(request: Request) -> Response:
     try:
         if not runtime.ready:
             raise ProxyError("The server is shutting down.", status=503, code="server_shutting_down")
-        principal = authenticate(runtime, request)
+        principal = identify(runtime, request)
         obj = loads_object(await read_body(request, runtime.settings.limits.max_body_bytes))
         req = parse_create(obj, websocket=False)
         run = await runtime.engine.prepare(
             req,
-            principal,
+            principal.name if principal else None,
             traceparent=request.headers.get("traceparent"),
             request_id=request_id_of(request.scope),
         )
+        # Tenancy hook: scopes, limits, usage, response cache (wsproxy.service.tenancy).
+        run.gate = runtime.tenancy.gate_for(principal, request.scope.get("client"), request.headers)
     except ProxyError as exc:
         runtime.metrics.inc("wsproxy_http_errors_total", status=str(exc.status))
         return error_response(exc)
@@ -156,7 +165,7 @@ async def _run_idempotent(runtime: Runtime, run: Any, events: AsyncIterator[Even
     if final.id != run.response_id and run.request.store:
         # Passthrough responses carry the upstream's id: the claim points at ours.
         await runtime.store.put(replace(final, id=run.response_id))
-    return json_response(final.response)
+    return json_response(final.response, headers=cache_headers(run))
 
 
 async def _close(events: AsyncIterator[Event]) -> None:
@@ -303,7 +312,8 @@ class SSEResponse(_Streamed):
         except StopAsyncIteration:
             first = None
         self.started = True
-        await self._send(send, {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+        headers = SSE_HEADERS + [(k.encode(), v.encode()) for k, v in cache_headers(self.run).items()]
+        await self._send(send, {"type": "http.response.start", "status": 200, "headers": headers})
         body_task = asyncio.current_task()
         assert body_task is not None
         watchdog = asyncio.get_running_loop().create_task(self._watchdog(send, body_task))
@@ -359,7 +369,8 @@ class JSONResponseFromEvents(_Streamed):
             err: ProxyError = UpstreamError("The response ended without a result.")
             await error_response(err)({"type": "http"}, _no_receive, send)
             return
-        await json_response(final.response)({"type": "http"}, _no_receive, send)
+        answer = json_response(final.response, headers=cache_headers(self.run))
+        await answer({"type": "http"}, _no_receive, send)
 
     async def end(self, send: Send, code: str, message: str, status: int) -> None:
         await self.tracker.end(code, message)

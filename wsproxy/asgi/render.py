@@ -2,7 +2,8 @@
 
 - HTTP: ``{"error": {...}}`` JSON with the error's status (and its headers, e.g. retry-after).
 - SSE: ``event:``/``data:`` lines; an error before any event is an HTTP error instead.
-- WebSocket: the nested ``error`` envelope with ``status`` (and ``stream_id`` on a lane); events
+- WebSocket: the nested ``error`` envelope with ``status`` (and ``stream_id`` on a lane; a
+  ``retry-after`` goes in ``error.headers``); events
   get ``stream_id`` spliced in without re-encoding.
 """
 
@@ -34,8 +35,16 @@ def json_response(payload: Any, status: int = 200, headers: dict[str, str] | Non
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json", headers=headers)
 
 
+# Error headers a WebSocket client gets inside the error object (it has no response headers).
+_WS_ERROR_HEADERS = ("retry-after",)
+
+
 def ws_error(error: ProxyError, stream_id: str | None = None, sequence_number: int | None = None) -> bytes:
-    payload: dict[str, Any] = {"type": "error", "status": error.status, "error": error.body()}
+    body = error.body()
+    headers = {k: v for k, v in error.headers.items() if k.lower() in _WS_ERROR_HEADERS}
+    if headers:
+        body["headers"] = headers
+    payload: dict[str, Any] = {"type": "error", "status": error.status, "error": body}
     if sequence_number is not None:
         payload["sequence_number"] = sequence_number
     if stream_id is not None:

@@ -45,6 +45,7 @@ from wsproxy.core.request import CreateRequest, parse_create
 from wsproxy.core.session import SessionRules
 from wsproxy.errors import InvalidRequest, ProxyError
 from wsproxy.policy.auth import bearer_token, key_from_subprotocols
+from wsproxy.policy.keys import Principal
 from wsproxy.service.wiring import Runtime
 
 log = logging.getLogger("wsproxy.ws")
@@ -99,9 +100,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     try:
         if not runtime.ready:
             raise ProxyError("The server is shutting down.", status=503, code="server_shutting_down")
-        principal = runtime.keyring.authenticate(key or proto_key)
+        principal = runtime.keyring.identify(key or proto_key)
         if runtime.limiter.enabled:
-            runtime.limiter.check(principal or "anonymous", time.monotonic())
+            runtime.limiter.check(principal.name if principal else "anonymous", time.monotonic())
     except ProxyError as exc:
         runtime.metrics.inc("wsproxy_ws_rejected_total", status=str(exc.status))
         await websocket.send_denial_response(error_response(exc))
@@ -118,11 +119,12 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
 
 
 class WSSession:
-    def __init__(self, websocket: WebSocket, runtime: Runtime, principal: str | None) -> None:
+    def __init__(self, websocket: WebSocket, runtime: Runtime, principal: Principal | None) -> None:
         limits = runtime.settings.limits
         self.ws = websocket
         self.runtime = runtime
-        self.principal = principal
+        self.identity = principal
+        self.principal = principal.name if principal else None
         self.limits = limits
         self.rules = SessionRules(
             max_inflight=limits.ws_max_inflight,
@@ -439,6 +441,8 @@ class WSSession:
                 traceparent=self.ws.headers.get("traceparent"),
                 request_id=request_id_of(self.ws.scope),
             )
+            # Tenancy hook: scopes, limits (a 429 is an error event), usage, response cache.
+            run.gate = runtime.tenancy.gate_for(self.identity, self.ws.scope.get("client"), self.ws.headers)
             tracker = ResponseTracker(runtime, run, "ws")
             events = runtime.engine.events(run)
             async for event in events:

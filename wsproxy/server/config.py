@@ -36,6 +36,10 @@ def build_config(settings: Settings, app: Any = None) -> uvicorn.Config:
         access_log=False,
         timeout_graceful_shutdown=int(limits.shutdown_grace) + 5,
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        # X-Forwarded-For is read by wsproxy itself, from limits.trusted_proxies only (uvicorn
+        # would otherwise believe it from 127.0.0.1, and the ASGI client would be whatever a
+        # local client wrote in it).
+        proxy_headers=False,
     )
     # Read by LeanWebSocketProtocol (uvicorn builds protocols from the config alone).
     config.wsproxy_deflate = deflate_factory(limits.ws_compression_min_bytes)  # type: ignore[attr-defined]

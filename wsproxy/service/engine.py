@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from wsproxy.core.events import Event, ResponseBuilder, output_text, usage_object
 from wsproxy.core.ids import random_id
@@ -54,6 +54,12 @@ COMPACTION_PREFIX = "Summary of the conversation so far:\n"
 CacheLookup = Callable[[str], StoredResponse | None]
 
 
+class RunGate(Protocol):
+    async def admit(self, run: ResponseRun) -> list[Event] | None: ...
+
+    def end(self, run: ResponseRun) -> None: ...
+
+
 def with_item_ids(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Input items as stored and listed by input_items: every item has an id, and a message's
     string content is the equivalent one-part list, as OpenAI lists it."""
@@ -83,6 +89,8 @@ class ResponseRun:
     previous: StoredResponse | None = None
     final: StoredResponse | None = None
     events_sent: int = 0
+    # Output deltas passed on: the estimate of the output of a response that was cut off.
+    deltas: int = 0
     provider_used: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     # The client's W3C traceparent, and the response's span while tracing is on.
@@ -93,6 +101,9 @@ class ResponseRun:
     request_id: str | None = None
     started_at: float = field(default_factory=time.monotonic)
     first_token_at: float = 0.0
+    # Scopes, limits, usage and the response cache (wsproxy.service.tenancy.Gate), set by the
+    # edge that starts the response: ``admit`` before the first event, ``end`` after the last.
+    gate: RunGate | None = None
 
     @property
     def status(self) -> str | None:
@@ -282,36 +293,53 @@ class Engine:
             run.trace.end(error)
 
     async def _events(self, run: ResponseRun) -> AsyncIterator[Event]:
-        if not run.request.generate:
-            async for event in self._warmup(run):
-                yield event
-            return
-        last_error: ProxyError | None = None
-        for index, target in enumerate(run.targets):
-            provider = self.providers[target.provider]
-            call = self._call_for(run, target, provider)
-            stream = provider.stream(call, run.response_id, run.created_at)
-            if run.request.conversation is not None:
-                stream = tag_conversation(stream, run.request.conversation)
-            try:
-                first = await anext(stream)
-            except StopAsyncIteration:
-                first = None
-            except ProxyError as exc:
-                await stream.aclose()
-                last_error = exc
-                if exc.retryable and index + 1 < len(run.targets):
-                    log.warning("provider %s failed before output (%r); falling back", target, exc)
-                    if self.observer is not None:
-                        self.observer.metrics.retried(target.provider, "fallback")
-                    continue
-                raise
-            run.provider_used = target.provider
-            async for event in self._guarded(run, stream, first):
-                yield event
-            return
-        assert last_error is not None
-        raise last_error
+        gate = run.gate
+        try:
+            if gate is not None:
+                # Raises (403, 429) before the first event; a cache hit is replayed as it is.
+                cached = await gate.admit(run)
+                if cached is not None:
+                    run.provider_used = "cache"
+                    for event in cached:
+                        if event.terminal:
+                            event = await self._finish(run, event)
+                        run.events_sent += 1
+                        yield event
+                    return
+            if not run.request.generate:
+                async for event in self._warmup(run):
+                    yield event
+                return
+            last_error: ProxyError | None = None
+            for index, target in enumerate(run.targets):
+                provider = self.providers[target.provider]
+                call = self._call_for(run, target, provider)
+                stream = provider.stream(call, run.response_id, run.created_at)
+                if run.request.conversation is not None:
+                    stream = tag_conversation(stream, run.request.conversation)
+                try:
+                    first = await anext(stream)
+                except StopAsyncIteration:
+                    first = None
+                except ProxyError as exc:
+                    await stream.aclose()
+                    last_error = exc
+                    if exc.retryable and index + 1 < len(run.targets):
+                        log.warning("provider %s failed before output (%r); falling back", target, exc)
+                        if self.observer is not None:
+                            self.observer.metrics.retried(target.provider, "fallback")
+                        continue
+                    raise
+                run.provider_used = target.provider
+                async for event in self._guarded(run, stream, first):
+                    yield event
+                return
+            assert last_error is not None
+            raise last_error
+        finally:
+            # However the stream ended (also closed unstarted-after-admission, or cancelled).
+            if gate is not None:
+                gate.end(run)
 
     async def _guarded(
         self, run: ResponseRun, stream: AsyncGenerator[Event, None], first: Event | None
@@ -336,6 +364,8 @@ class Engine:
                     yield event
                     return
                 run.events_sent += 1
+                if event.type.endswith(".delta"):
+                    run.deltas += 1
                 yield event
         except ProxyError as exc:
             log.error("provider %s raised after output began: %r", run.provider_used, exc)

@@ -26,6 +26,7 @@ from wsproxy.policy.routing import Router
 from wsproxy.service.conversations import Conversations
 from wsproxy.service.engine import Engine
 from wsproxy.service.runs import BackgroundRegistry
+from wsproxy.service.tenancy import Tenancy, keyring_from
 from wsproxy.settings import ProviderSettings, Settings
 from wsproxy.store.base import ResponseStore
 from wsproxy.store.factory import make_store
@@ -81,6 +82,8 @@ class Runtime:
     limiter: RateLimiter
     metrics: Metrics
     providers: dict[str, Provider]
+    # Scoped keys' limits, usage and the response cache (wsproxy.service.tenancy).
+    tenancy: Tenancy
     started_at: float = field(default_factory=time.time)
     # Readiness turns false first on shutdown; sessions watch ``closing``.
     ready: bool = True
@@ -166,6 +169,7 @@ class Runtime:
                 log.exception("store purge failed")
 
     async def aclose(self) -> None:
+        await self.tenancy.aclose()  # the last usage rows reach the store before it closes
         for task in list(self.tasks):
             task.cancel()
         if self.tasks:
@@ -182,7 +186,12 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str] | None = N
     providers = {name: make_provider(p, env) for name, p in settings.providers.items()}
     s = settings.store
     store = make_store(
-        s.backend, path=s.path, url=s.url, ttl_seconds=s.ttl_seconds, max_records=s.max_records
+        s.backend,
+        path=s.path,
+        url=s.url,
+        ttl_seconds=s.ttl_seconds,
+        max_records=s.max_records,
+        usage_days=s.usage_days,
     )
     await store.open()
     metrics = Metrics()
@@ -211,10 +220,11 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str] | None = N
         settings=settings,
         engine=engine,
         store=store,
-        keyring=KeyRing(settings.api_keys),
+        keyring=keyring_from(settings),
         limiter=RateLimiter(settings.limits.rate_limit_rpm),
         metrics=metrics,
         providers=providers,
+        tenancy=Tenancy(settings, store, router),
     )
     runtime.drained.set()
     runtime.sessions_closed.set()

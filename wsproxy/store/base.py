@@ -16,15 +16,52 @@ Backends map their own exceptions to :class:`wsproxy.errors.StoreError` at this 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from wsproxy.core.conversations import ItemPage, ListParams, StoredConversation
 from wsproxy.core.records import StoredResponse
+from wsproxy.policy.limits import Charge
 
-__all__ = ["ItemPage", "ListParams", "ResponseStore", "StoredConversation", "StoredResponse"]
+__all__ = [
+    "Charge",
+    "ItemPage",
+    "ListParams",
+    "ResponseStore",
+    "StoredConversation",
+    "StoredResponse",
+    "TenancyStore",
+]
 
 
-class ResponseStore(Protocol):
+class TenancyStore(Protocol):
+    """Limit counters, usage rows and the response cache: shared by whatever shares the store
+    (one process with memory, the processes of one host with SQLite, every replica with Redis)."""
+
+    async def take_limits(self, charges: Sequence[Charge], now: float) -> int:
+        """Atomically: if every counter plus its amount stays within its limit, add all amounts
+        and return -1; else change nothing and return the index of the first that would not."""
+        ...
+
+    async def adjust_limit(self, key: str, delta: int, expires_at: float) -> None:
+        """Add ``delta`` (may be negative) to a counter, kept until ``expires_at``."""
+        ...
+
+    async def add_usage(self, date: str, key: str, model: str, counts: Sequence[int]) -> None:
+        """Add (requests, input, output, cached, reasoning tokens) to a usage row."""
+        ...
+
+    async def usage(self, key: str | None, start: str, end: str) -> list[dict[str, Any]]:
+        """Usage rows of ``key`` (None: every key) from ``start`` to ``end`` (inclusive dates),
+        ordered by date, key, model."""
+        ...
+
+    async def cache_get(self, key: str, now: float) -> bytes | None: ...
+
+    async def cache_put(self, key: str, data: bytes, expires_at: float) -> None: ...
+
+
+class ResponseStore(TenancyStore, Protocol):
     """Async key-value store of responses, bounded by a TTL and a size limit."""
 
     async def open(self) -> None: ...
@@ -80,3 +117,9 @@ class ResponseStore(Protocol):
     async def get_item(self, conversation_id: str, item_id: str) -> dict[str, Any] | None: ...
 
     async def delete_item(self, conversation_id: str, item_id: str, now: float) -> bool: ...
+
+USAGE_FIELDS = ("requests", "input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens")
+
+
+def usage_row(date: str, key: str, model: str, counts: Sequence[int]) -> dict[str, Any]:
+    return {"date": date, "key": key, "model": model, **dict(zip(USAGE_FIELDS, counts, strict=True))}

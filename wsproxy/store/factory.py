@@ -13,16 +13,18 @@ from wsproxy.store.base import ResponseStore
 BACKENDS = ("memory", "sqlite", "redis")
 
 
-def make_store(backend: str, *, path: str, url: str, ttl_seconds: float, max_records: int) -> ResponseStore:
+def make_store(
+    backend: str, *, path: str, url: str, ttl_seconds: float, max_records: int, usage_days: int = 400
+) -> ResponseStore:
     """Return an unopened store; ``path`` is used by sqlite, ``url`` by redis, neither by memory."""
     if backend == "memory":
         from wsproxy.store.memory import MemoryStore
 
-        return MemoryStore(ttl_seconds=ttl_seconds, max_records=max_records)
+        return MemoryStore(ttl_seconds=ttl_seconds, max_records=max_records, usage_days=usage_days)
     if backend == "sqlite":
         from wsproxy.store.sqlite import SQLiteStore
 
-        return SQLiteStore(path, ttl_seconds=ttl_seconds, max_records=max_records)
+        return SQLiteStore(path, ttl_seconds=ttl_seconds, max_records=max_records, usage_days=usage_days)
     if backend == "redis":
         try:
             from wsproxy.store.redis import RedisStore
@@ -31,5 +33,5 @@ def make_store(backend: str, *, path: str, url: str, ttl_seconds: float, max_rec
             raise ImportError(
                 "store backend 'redis' needs the redis package: pip install 'wsproxy[redis]'"
             ) from exc
-        return RedisStore(url, ttl_seconds=ttl_seconds, max_records=max_records)
+        return RedisStore(url, ttl_seconds=ttl_seconds, max_records=max_records, usage_days=usage_days)
     raise ValueError(f"unknown store backend {backend!r}; expected one of {', '.join(BACKENDS)}")

@@ -2,11 +2,15 @@
 
 Conversations are kept as their record plus a list of item blobs (JSON bytes, so nothing a caller
 holds can change them); every method runs without an await, so each is atomic on the event loop.
+
+Limit counters, usage rows and cache entries live in this process only: with this backend each
+process enforces its own limits and keeps its own usage.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +26,8 @@ from wsproxy.core.conversations import (
     StoredConversation,
     page_of,
 )
-from wsproxy.store.base import StoredResponse
+from wsproxy.policy.usage import utc_date
+from wsproxy.store.base import Charge, StoredResponse, usage_row
 
 
 @dataclass(slots=True)
@@ -32,13 +37,19 @@ class _Conversation:
 
 
 class MemoryStore:
-    def __init__(self, *, ttl_seconds: float = 30 * 86400, max_records: int = 100_000) -> None:
+    def __init__(
+        self, *, ttl_seconds: float = 30 * 86400, max_records: int = 100_000, usage_days: int = 400
+    ) -> None:
         self.ttl = ttl_seconds
         self.max_records = max_records
+        self.usage_days = usage_days
         self._records: OrderedDict[str, StoredResponse] = OrderedDict()
         self._idem: OrderedDict[str, tuple[str, float]] = OrderedDict()
         # Ordered by last write: the first entries are the first to go when the bound is hit.
         self._convs: OrderedDict[str, _Conversation] = OrderedDict()
+        self._counters: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        self._usage: dict[tuple[str, str, str], list[int]] = {}
+        self._cache: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
 
     async def open(self) -> None:
         return None
@@ -74,6 +85,16 @@ class MemoryStore:
         for key in dead:
             del self._convs[key]
         return len(expired) + len(dead)
+        for table in (self._counters, self._cache):
+            for key in [k for k, (_, until) in table.items() if until <= now]:
+                del table[key]
+        if self._usage:
+            oldest = min(d for d, _, _ in self._usage)
+            keep_from = utc_date(now - self.usage_days * 86400.0)
+            if oldest < keep_from:
+                for row in [r for r in self._usage if r[0] < keep_from]:
+                    del self._usage[row]
+        return len(expired)
 
     async def claim_idempotency_key(self, key: str, response_id: str, now: float) -> str | None:
         existing = self._idem.get(key)
@@ -161,3 +182,52 @@ class MemoryStore:
                 self._touch(conversation_id, conv, now)
                 return True
         return False
+    # -- limits, usage, cache ----------------------------------------------------------------
+
+    def _counter(self, key: str, now: float) -> int:
+        entry = self._counters.get(key)
+        return entry[0] if entry is not None and entry[1] > now else 0
+
+    async def take_limits(self, charges: Sequence[Charge], now: float) -> int:
+        for index, charge in enumerate(charges):
+            if self._counter(charge.key, now) + charge.amount > charge.limit:
+                return index
+        for charge in charges:
+            self._counters[charge.key] = (self._counter(charge.key, now) + charge.amount, charge.expires_at)
+            self._counters.move_to_end(charge.key)
+        while len(self._counters) > self.max_records:
+            self._counters.popitem(last=False)
+        return -1
+
+    async def adjust_limit(self, key: str, delta: int, expires_at: float) -> None:
+        value, _ = self._counters.get(key, (0, expires_at))
+        self._counters[key] = (max(0, value + delta), expires_at)
+
+    async def add_usage(self, date: str, key: str, model: str, counts: Sequence[int]) -> None:
+        row = self._usage.get((date, key, model))
+        if row is None:
+            if len(self._usage) >= self.max_records:
+                return  # bounded: a flood of model names cannot grow this without limit
+            row = self._usage[(date, key, model)] = [0] * len(counts)
+        for i, n in enumerate(counts):
+            row[i] += n
+
+    async def usage(self, key: str | None, start: str, end: str) -> list[dict[str, Any]]:
+        rows = [
+            usage_row(d, k, m, counts)
+            for (d, k, m), counts in self._usage.items()
+            if start <= d <= end and (key is None or k == key)
+        ]
+        return sorted(rows, key=lambda r: (r["date"], r["key"], r["model"]))
+
+    async def cache_get(self, key: str, now: float) -> bytes | None:
+        entry = self._cache.get(key)
+        if entry is None or entry[1] <= now:
+            return None
+        return entry[0]
+
+    async def cache_put(self, key: str, data: bytes, expires_at: float) -> None:
+        self._cache[key] = (data, expires_at)
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.max_records:
+            self._cache.popitem(last=False)

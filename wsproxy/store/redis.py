@@ -11,7 +11,13 @@ Layout, all under ``key_prefix``:
   ``{prefix}conv:{id}:order`` (a sorted set of item ids scored by position) and
   ``{prefix}conv:{id}:items`` (a hash item id -> item JSON); all three get ``PEXPIRE ttl`` again on
   every write, so a conversation expires ``ttl`` after its last use;
-* ``{prefix}convindex`` a sorted set of conversation ids scored by last write, for ``purge``.
+* ``{prefix}convindex`` a sorted set of conversation ids scored by last write, for ``purge``;
+* ``{prefix}lim:{counter}`` a limit counter (one per principal, limit and window), checked and
+  charged for all the limits of a request at once by one Lua script (atomic, so N replicas
+  enforce one limit), expiring (PEXPIREAT) a little after its window;
+* ``{prefix}usage:{date}`` a hash per UTC day, fields ``{key}\x1f{model}\x1f{counter}``
+  raised with HINCRBY, expiring ``usage_days`` after the day;
+* ``{prefix}cache:{hash}`` a response-cache entry, ``SET ... PXAT``.
 
 Conversation writes that must check before they write (append, delete an item, update) are Lua
 scripts, so they are atomic against other proxies on the same Redis.
@@ -29,8 +35,9 @@ must not touch the filesystem or any other store.
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -39,7 +46,8 @@ from redis.exceptions import RedisError
 
 from wsproxy.core.conversations import ItemPage, ListParams, StoredConversation
 from wsproxy.errors import StoreError
-from wsproxy.store.base import StoredResponse
+from wsproxy.policy.usage import dates_between
+from wsproxy.store.base import USAGE_FIELDS, Charge, StoredResponse, usage_row
 
 T = TypeVar("T")
 
@@ -173,6 +181,32 @@ return removed
 """
 
 
+# Check-and-charge of every limit of one request, atomically. KEYS = counters; ARGV = for each
+# key: amount, limit, expires_at (ms). Returns 0 when all were charged, else the 1-based index of
+# the first counter that would pass its limit (then nothing was charged).
+_TAKE_LUA = """
+for i = 1, #KEYS do
+  local current = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if current + tonumber(ARGV[3 * i - 2]) > tonumber(ARGV[3 * i - 1]) then return i end
+end
+for i = 1, #KEYS do
+  redis.call('INCRBY', KEYS[i], ARGV[3 * i - 2])
+  redis.call('PEXPIREAT', KEYS[i], ARGV[3 * i])
+end
+return 0
+"""
+
+# A settlement: add ARGV[1] (may be negative) without going below 0; keep until ARGV[2] (ms).
+_ADJUST_LUA = """
+local value = redis.call('INCRBY', KEYS[1], ARGV[1])
+if value < 0 then redis.call('SET', KEYS[1], 0) end
+redis.call('PEXPIREAT', KEYS[1], ARGV[2])
+return 0
+"""
+
+_SEP = "\x1f"
+
+
 class RedisStore:
     """``ResponseStore`` on Redis; see the module docstring for the key layout."""
 
@@ -189,6 +223,7 @@ class RedisStore:
         socket_connect_timeout: float = 3.0,
         purge_batch: int = 500,
         purge_max_batches: int = 200,
+        usage_days: int = 400,
     ) -> None:
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be > 0")
@@ -210,7 +245,10 @@ class RedisStore:
         self.socket_connect_timeout = socket_connect_timeout
         self.purge_batch = purge_batch
         self.purge_max_batches = purge_max_batches
+        self.usage_days = usage_days
         self._index = f"{key_prefix}index"
+        self._take_script: Any = None
+        self._adjust_script: Any = None
         self._client: aioredis.Redis | None = None
         self._pool: aioredis.BlockingConnectionPool | None = None
         self._purge_script: Any = None
@@ -254,6 +292,8 @@ class RedisStore:
         self._pool = pool
         self._client = client
         self._purge_script = client.register_script(_PURGE_LUA)
+        self._take_script = client.register_script(_TAKE_LUA)
+        self._adjust_script = client.register_script(_ADJUST_LUA)
         self._scripts = {
             name: client.register_script(source)
             for name, source in (
@@ -520,6 +560,88 @@ class RedisStore:
 
         return await self._guard(op)
 
+    # ------------------------------------------------------------------ limits, usage, cache
+
+    async def take_limits(self, charges: Sequence[Charge], now: float) -> int:
+        # ``now`` is not needed: counters expire on Redis's clock and name their window.
+        self._require()
+        script = self._take_script
+        keys = [f"{self.prefix}lim:{c.key}" for c in charges]
+        args: list[int] = []
+        for c in charges:
+            args.extend((int(c.amount), int(c.limit), int(c.expires_at * 1000)))
+
+        async def op() -> int:
+            return int(await script(keys=keys, args=args))
+
+        return await self._guard(op) - 1
+
+    async def adjust_limit(self, key: str, delta: int, expires_at: float) -> None:
+        self._require()
+        script = self._adjust_script
+
+        async def op() -> None:
+            await script(keys=[f"{self.prefix}lim:{key}"], args=[int(delta), int(expires_at * 1000)])
+
+        await self._guard(op)
+
+    async def add_usage(self, date: str, key: str, model: str, counts: Sequence[int]) -> None:
+        client = self._require()
+        name = f"{self.prefix}usage:{date}"
+        expire_at = int(_day_start(date) + (self.usage_days + 1) * 86400)
+
+        async def op() -> None:
+            async with client.pipeline(transaction=True) as pipe:
+                for field_name, n in zip(USAGE_FIELDS, counts, strict=True):
+                    if n:
+                        pipe.hincrby(name, f"{key}{_SEP}{model}{_SEP}{field_name}", int(n))
+                pipe.expireat(name, expire_at)
+                await pipe.execute()
+
+        await self._guard(op)
+
+    async def usage(self, key: str | None, start: str, end: str) -> list[dict[str, Any]]:
+        client = self._require()
+        dates = dates_between(start, end)
+
+        async def op() -> list[Any]:
+            async with client.pipeline(transaction=False) as pipe:
+                for date in dates:
+                    pipe.hgetall(f"{self.prefix}usage:{date}")
+                result: list[Any] = await pipe.execute()
+                return result
+
+        rows: list[dict[str, Any]] = []
+        for date, fields in zip(dates, await self._guard(op), strict=True):
+            by_row: dict[tuple[str, str], list[int]] = {}
+            for raw_field, raw_value in fields.items():
+                text = raw_field.decode() if isinstance(raw_field, bytes) else str(raw_field)
+                row_key, _, rest = text.partition(_SEP)
+                model, _, counter = rest.rpartition(_SEP)
+                if (key is not None and row_key != key) or counter not in USAGE_FIELDS:
+                    continue
+                counts = by_row.setdefault((row_key, model), [0] * len(USAGE_FIELDS))
+                counts[USAGE_FIELDS.index(counter)] = int(raw_value)
+            rows.extend(usage_row(date, k, m, c) for (k, m), c in by_row.items())
+        return sorted(rows, key=lambda r: (r["date"], r["key"], r["model"]))
+
+    async def cache_get(self, key: str, now: float) -> bytes | None:
+        client = self._require()
+
+        async def op() -> bytes | None:
+            data: bytes | str | None = await client.get(f"{self.prefix}cache:{key}")
+            return data.encode() if isinstance(data, str) else data
+
+        return await self._guard(op)
+
+    async def cache_put(self, key: str, data: bytes, expires_at: float) -> None:
+        client = self._require()
+
+        async def op() -> None:
+            await client.set(f"{self.prefix}cache:{key}", data, pxat=int(expires_at * 1000))
+
+        await self._guard(op)
+
     # ------------------------------------------------------------------ plumbing
 
     def _require(self) -> aioredis.Redis:
@@ -533,3 +655,7 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             # OSError: a socket error redis-py did not wrap (it wraps most into ConnectionError).
             raise StoreError(f"Redis store failed: {exc}") from exc
+
+
+def _day_start(date: str) -> float:
+    return _dt.datetime.combine(_dt.date.fromisoformat(date), _dt.time(), _dt.UTC).timestamp()

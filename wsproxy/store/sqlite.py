@@ -1,7 +1,9 @@
 """SQLite response store: the default ``ResponseStore`` backend, one file on local disk.
 
 Role: keep :class:`~wsproxy.store.base.StoredResponse` records (as their JSON blob plus the ``id``,
-``owner`` and ``created_at`` columns) and idempotency keys, bounded by a TTL and a record count.
+``owner`` and ``created_at`` columns) and idempotency keys, bounded by a TTL and a record count;
+and limit counters, usage rows and response-cache entries (schema version 2), which every
+process using the same file shares: the worker processes of one host enforce one limit.
 
 Rules this module keeps:
 
@@ -31,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -46,11 +48,12 @@ from wsproxy.core.conversations import (
     StoredConversation,
 )
 from wsproxy.errors import StoreError
-from wsproxy.store.base import StoredResponse
+from wsproxy.policy.usage import utc_date
+from wsproxy.store.base import Charge, StoredResponse, usage_row
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Applied in one transaction when the file has user_version 0 (new or never initialized).
 _SCHEMA_V1 = (
@@ -96,6 +99,40 @@ _SCHEMA_V2 = (
     """,
 )
 
+# Limit counters, usage rows and the response cache, shared by the processes of one host
+# (schema version 3).
+_SCHEMA_V3 = (
+    """
+    CREATE TABLE IF NOT EXISTS counters (
+        key TEXT PRIMARY KEY NOT NULL,
+        value INTEGER NOT NULL,
+        expires_at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS counters_expires_at ON counters (expires_at)",
+    """
+    CREATE TABLE IF NOT EXISTS usage (
+        date TEXT NOT NULL,
+        key TEXT NOT NULL,
+        model TEXT NOT NULL,
+        requests INTEGER NOT NULL DEFAULT 0,
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        cached_tokens INTEGER NOT NULL DEFAULT 0,
+        reasoning_tokens INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (date, key, model)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS response_cache (
+        key TEXT PRIMARY KEY NOT NULL,
+        data BLOB NOT NULL,
+        expires_at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS response_cache_expires_at ON response_cache (expires_at)",
+)
+
 _VALID_SYNCHRONOUS = ("FULL", "EXTRA", "NORMAL")
 
 
@@ -113,6 +150,7 @@ class SQLiteStore:
         max_pending: int = 1024,
         purge_batch: int = 500,
         purge_max_batches: int = 200,
+        usage_days: int = 400,
     ) -> None:
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be > 0")
@@ -133,11 +171,16 @@ class SQLiteStore:
         # between batches, so a large purge delays a request by at most one batch.
         self.purge_batch = purge_batch
         self.purge_max_batches = purge_max_batches
+        self.usage_days = usage_days
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._slots: asyncio.Semaphore | None = None
         self._closing = False
-        # Touched only on the worker thread.
+        # Touched only on the worker thread. ``_fast`` is a second connection to the same file
+        # with synchronous=NORMAL, for counters, usage and the cache: written on every request,
+        # they survive a crash of the process (WAL) and need no fsync each; a power loss may
+        # lose the last ones, which a stored response must not.
         self._conn: sqlite3.Connection | None = None
+        self._fast: sqlite3.Connection | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -233,6 +276,7 @@ class SQLiteStore:
             budget -= 1
             if await self._call(self._delete_expired_sync, "idempotency", cutoff) < self.purge_batch:
                 break
+        await self._call(self._purge_tenancy_sync, now)
         # Idempotency keys are bounded like records, so a flood of distinct keys cannot grow the file.
         excess = await self._call(self._count_sync, "idempotency") - self.max_records
         while excess > 0 and budget > 0:
@@ -341,10 +385,16 @@ class SQLiteStore:
             conn.execute("PRAGMA journal_size_limit = 67108864")
             conn.execute("PRAGMA foreign_keys = OFF")
             self._migrate(conn)
+            fast = sqlite3.connect(
+                self.path, timeout=self.busy_timeout_ms / 1000.0, isolation_level=None, check_same_thread=True
+            )
+            fast.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            fast.execute("PRAGMA synchronous = NORMAL")
         except BaseException:
             conn.close()
             raise
         self._conn = conn
+        self._fast = fast
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
@@ -361,6 +411,9 @@ class SQLiteStore:
             if version < 2:
                 for statement in _SCHEMA_V2:
                     conn.execute(statement)
+            if version < 3:
+                for statement in _SCHEMA_V3:
+                    conn.execute(statement)
             # Future migrations go here, each `if version < N:` step inside this same transaction.
             if version != SCHEMA_VERSION:
                 # user_version lives in the database header and is part of this transaction.
@@ -375,12 +428,19 @@ class SQLiteStore:
 
     def _close_sync(self) -> None:
         conn, self._conn = self._conn, None
+        fast, self._fast = self._fast, None
+        if fast is not None:
+            fast.close()
         if conn is not None:
             conn.close()
 
-    def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _write(self, fn: Callable[[sqlite3.Connection], T], *, fast: bool = False) -> T:
         """Run ``fn`` in one write transaction (all or nothing)."""
         conn = self._db()
+        if fast:
+            if self._fast is None:
+                raise StoreError("SQLite store is not open.")
+            conn = self._fast
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = fn(conn)
@@ -640,3 +700,119 @@ class SQLiteStore:
             return len(ids)
 
         return self._write(write)
+    # ------------------------------------------------------------------ limits, usage, cache
+
+    async def take_limits(self, charges: Sequence[Charge], now: float) -> int:
+        rows = [(c.key, int(c.amount), int(c.limit), float(c.expires_at)) for c in charges]
+        return await self._call(self._take_sync, rows, float(now))
+
+    async def adjust_limit(self, key: str, delta: int, expires_at: float) -> None:
+        await self._call(self._adjust_sync, key, int(delta), float(expires_at))
+
+    async def add_usage(self, date: str, key: str, model: str, counts: Sequence[int]) -> None:
+        await self._call(self._add_usage_sync, date, key, model, tuple(int(n) for n in counts))
+
+    async def usage(self, key: str | None, start: str, end: str) -> list[dict[str, Any]]:
+        return await self._call(self._usage_sync, key, start, end)
+
+    async def cache_get(self, key: str, now: float) -> bytes | None:
+        return await self._call(self._cache_get_sync, key, float(now))
+
+    async def cache_put(self, key: str, data: bytes, expires_at: float) -> None:
+        await self._call(self._cache_put_sync, key, bytes(data), float(expires_at))
+
+    def _take_sync(self, rows: list[tuple[str, int, int, float]], now: float) -> int:
+        # One BEGIN IMMEDIATE transaction: the write lock is held from the first read, so the
+        # check and the charge are atomic also against other processes on this file.
+        def write(conn: sqlite3.Connection) -> int:
+            current = []
+            for index, (key, amount, limit, _) in enumerate(rows):
+                row = conn.execute("SELECT value, expires_at FROM counters WHERE key = ?", (key,)).fetchone()
+                value = int(row[0]) if row is not None and float(row[1]) > now else 0
+                if value + amount > limit:
+                    return index
+                current.append(value)
+            for (key, amount, _, expires_at), value in zip(rows, current, strict=True):
+                conn.execute(
+                    "INSERT OR REPLACE INTO counters (key, value, expires_at) VALUES (?, ?, ?)",
+                    (key, value + amount, expires_at),
+                )
+            return -1
+
+        return self._write(write, fast=True)
+
+    def _adjust_sync(self, key: str, delta: int, expires_at: float) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            updated = conn.execute(
+                "UPDATE counters SET value = MAX(0, value + ?), expires_at = MAX(expires_at, ?) "
+                "WHERE key = ?",
+                (delta, expires_at, key),
+            ).rowcount
+            if not updated:
+                conn.execute(
+                    "INSERT INTO counters (key, value, expires_at) VALUES (?, ?, ?)",
+                    (key, max(0, delta), expires_at),
+                )
+
+        self._write(write, fast=True)
+
+    def _add_usage_sync(self, date: str, key: str, model: str, counts: tuple[int, ...]) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO usage (date, key, model, requests, input_tokens, output_tokens, "
+                "cached_tokens, reasoning_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (date, key, model) DO UPDATE SET "
+                "requests = requests + excluded.requests, "
+                "input_tokens = input_tokens + excluded.input_tokens, "
+                "output_tokens = output_tokens + excluded.output_tokens, "
+                "cached_tokens = cached_tokens + excluded.cached_tokens, "
+                "reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens",
+                (date, key, model, *counts),
+            )
+
+        self._write(write, fast=True)
+
+    def _usage_sync(self, key: str | None, start: str, end: str) -> list[dict[str, Any]]:
+        sql = (
+            "SELECT date, key, model, requests, input_tokens, output_tokens, cached_tokens, "
+            "reasoning_tokens FROM usage WHERE date >= ? AND date <= ?"
+        )
+        args: tuple[str, ...] = (start, end)
+        if key is not None:
+            sql += " AND key = ?"
+            args += (key,)
+        rows = self._db().execute(sql + " ORDER BY date, key, model", args).fetchall()
+        return [usage_row(r[0], r[1], r[2], r[3:]) for r in rows]
+
+    def _cache_get_sync(self, key: str, now: float) -> bytes | None:
+        row = (
+            self._db()
+            .execute("SELECT data FROM response_cache WHERE key = ? AND expires_at > ?", (key, now))
+            .fetchone()
+        )
+        return None if row is None else bytes(row[0])
+
+    def _cache_put_sync(self, key: str, data: bytes, expires_at: float) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO response_cache (key, data, expires_at) VALUES (?, ?, ?)",
+                (key, data, expires_at),
+            )
+
+        self._write(write, fast=True)
+
+    def _purge_tenancy_sync(self, now: float) -> None:
+        keep_from = utc_date(now - self.usage_days * 86400.0)
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM counters WHERE expires_at <= ?", (now,))
+            conn.execute("DELETE FROM response_cache WHERE expires_at <= ?", (now,))
+            # The cache is bounded like records: the entries closest to expiry go first.
+            conn.execute(
+                "DELETE FROM response_cache WHERE rowid IN (SELECT rowid FROM response_cache "
+                "ORDER BY expires_at DESC LIMIT -1 OFFSET ?)",
+                (self.max_records,),
+            )
+            conn.execute("DELETE FROM usage WHERE date < ?", (keep_from,))
+
+        self._write(write, fast=True)
