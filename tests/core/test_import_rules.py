@@ -17,7 +17,16 @@ FORBIDDEN = frozenset(
     {"starlette", "httpx2", "httpx", "uvicorn", "asyncio", "time", "os", "socket", "sqlite3", "redis"}
 )
 # wsproxy modules the pure packages may reach (directly or through each other).
-EDGES = ("wsproxy.asgi", "wsproxy.upstream", "wsproxy.local", "wsproxy.settings", "wsproxy.cli", "wsproxy.server", "wsproxy.service", "wsproxy.store")
+EDGES = (
+    "wsproxy.asgi",
+    "wsproxy.upstream",
+    "wsproxy.local",
+    "wsproxy.settings",
+    "wsproxy.cli",
+    "wsproxy.server",
+    "wsproxy.service",
+    "wsproxy.store",
+)
 
 
 def imported_modules(path: Path) -> set[str]:
