@@ -12,11 +12,14 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from wsproxy.asgi import stored
+from wsproxy.asgi import playground, stored
+from wsproxy.asgi.client_secrets import create_client_secret, model_visible
+from wsproxy.asgi.guards import BrowserGuards
 from wsproxy.asgi.http import authenticate, compact, create_response, responses_get, runtime_of
 from wsproxy.asgi.render import error_response, json_response
 from wsproxy.asgi.ws import websocket_endpoint
@@ -42,6 +45,7 @@ async def list_models(request: Request) -> Response:
             "owned_by": name.partition("@")[0] if "@" in name else "wsproxy",
         }
         for name in runtime.engine.router.models()
+        if model_visible(request.scope, name)  # a client secret lists only its models
     ]
     return json_response({"object": "list", "data": data})
 
@@ -87,8 +91,12 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         Route("/v1/responses/compact", compact, methods=["POST"]),
         *stored.routes(),
         Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/client_secrets", create_client_secret, methods=["POST"]),
+        playground.route(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    # Host and Origin checks, CORS and the JSON-only POST rule, before any route (asgi/guards.py).
+    middleware = [Middleware(BrowserGuards, settings=settings)]
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
