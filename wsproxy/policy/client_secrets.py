@@ -90,7 +90,8 @@ def verify(key: bytes, secret: str, now: float) -> ClientSecret:
         mac = _unb64(mac_text)
     except (binascii.Error, ValueError):
         raise _invalid() from None
-    if not hmac.compare_digest(mac, _mac(key, payload)):
+    # The canonical spelling only: one secret, one string (base64 ignores some trailing bits).
+    if not hmac.compare_digest(mac, _mac(key, payload)) or _b64(mac) != mac_text or _b64(payload) != encoded:
         raise _invalid()
     # Signed by us: the shape is ours, but it is checked anyway (a key shared with older code).
     try:
