@@ -141,7 +141,9 @@ def test_expired_secret_is_refused(keyed) -> None:
     # Forged (another signing key) or altered: an invalid key.
     forged = client_secrets.mint(b"other", principal_of("sk-a"), int(time.time()) + 60, None)
     good = secret_of(keyed, models=["local"])
-    for bad in (forged, good[:-2] + ("AA" if not good.endswith("AA") else "BB")):
+    # Minted while auth was off (no principal): not valid once keys are required.
+    nobody = client_secrets.mint(SIGNING.encode(), None, int(time.time()) + 60, None)
+    for bad in (forged, good[:-2] + ("AA" if not good.endswith("AA") else "BB"), nobody):
         with pytest.raises(openai.AuthenticationError) as info:
             client(keyed, bad).responses.create(model="local", input="x")
         assert info.value.body["code"] == "invalid_api_key"

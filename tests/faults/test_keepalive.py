@@ -138,7 +138,7 @@ async def test_sse_comments_while_the_model_thinks(fault_proxy) -> None:
     sock.setblocking(False)
     body = json.dumps({"model": THINK, "input": "think", "stream": True}).encode()
     request = (
-        b"POST /v1/responses HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"POST /v1/responses HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
         b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
     )
     chunks: list[tuple[float, bytes]] = []

@@ -3,6 +3,10 @@
 ``/v1/responses`` serves WebSocket mode (GET + Upgrade) and HTTP (POST) on one path: Starlette's
 ``WebSocketRoute`` and ``Route`` side by side. The runtime (pools, store, tasks) is built in the
 lifespan and closed there; nothing exists at import time.
+
+Every request first passes the browser guards (``wsproxy.asgi.guards``: Host, Origin, CORS, JSON
+POSTs). ``POST /v1/client_secrets`` mints short-lived secrets (``wsproxy.asgi.client_secrets``);
+``GET /`` is the playground (``wsproxy.asgi.playground``).
 """
 
 from __future__ import annotations

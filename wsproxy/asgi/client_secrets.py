@@ -29,7 +29,7 @@ from starlette.responses import Response
 
 from wsproxy.asgi.render import error_response, json_response
 from wsproxy.core.request import loads_object
-from wsproxy.errors import ClientError, PayloadTooLarge, ProxyError
+from wsproxy.errors import ClientError, PayloadTooLarge, ProxyError, Unauthorized
 from wsproxy.policy.auth import bearer_token
 from wsproxy.policy.client_secrets import (
     ClientSecret,
@@ -61,6 +61,9 @@ def grant_for(runtime: Runtime, token: str | None) -> Grant:
     if is_client_secret(token):
         assert token is not None
         secret = verify(runtime.client_secret_key, token, time.time())
+        if secret.principal is None and runtime.keyring.enabled:
+            # Minted while client auth was off: it speaks for nobody now that auth is on.
+            raise Unauthorized("Incorrect API key provided.", code="invalid_api_key")
         return Grant(secret.principal, secret)
     return Grant(runtime.keyring.authenticate(token))
 

@@ -257,12 +257,27 @@ class BrowserGuards:
             await websocket.close(1008)  # servers without the extension answer 403
 
 
+# The only headers the guards read: the others are not decoded (this runs for every request).
+_READ = frozenset(
+    {
+        b"host",
+        b"origin",
+        b"content-type",
+        b"content-length",
+        b"transfer-encoding",
+        b"access-control-request-method",
+        b"access-control-request-headers",
+    }
+)
+
+
 def _headers(scope: Scope) -> dict[str, str]:
-    # Latin-1 as the wire has it; a repeated header keeps its first value (Host, Origin and
-    # Content-Type are not lists).
+    # ASGI header names are lower-case. Latin-1 as the wire has it; a repeated header keeps its
+    # first value (Host, Origin and Content-Type are not lists).
     out: dict[str, str] = {}
     for name, value in scope.get("headers", ()):
-        out.setdefault(name.decode("latin-1").lower(), value.decode("latin-1"))
+        if name in _READ:
+            out.setdefault(name.decode("latin-1"), value.decode("latin-1"))
     return out
 
 
