@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
 # Runs the whole test suite from a clean checkout: makes .venv, installs wsproxy with its test
-# dependencies, installs redis-server (the Redis store's tests run against a real one) when it is
-# missing, then runs pytest. Extra arguments go to pytest.
+# dependencies, installs redis-server (the Redis store's tests run against a real one) and
+# chromium (the playground's tests drive a real headless browser) when they are missing, then
+# runs pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
+apt_install() {
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
   else
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
   fi
+}
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ "${#missing[@]}" -gt 0 ]; then
+  apt_install "${missing[@]}"
 fi
 # The Debian package starts a system-wide server; the tests start their own on a free port.
 # promtool and a Prometheus server check and scrape /metrics (tests/observability).

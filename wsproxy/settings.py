@@ -167,6 +167,17 @@ class Settings:
     admin_keys: tuple[str, ...] = ()
     keys: Mapping[str, KeySettings] = field(default_factory=dict)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    # -- browser frontends (wsproxy.asgi.guards, wsproxy.asgi.client_secrets) ---------------
+    # Origins ("https://app.example.com") whose pages may call the proxy (CORS, WebSocket).
+    # Pages of the proxy's own origin always may; requests without Origin are not affected.
+    allowed_origins: tuple[str, ...] = ()
+    # Host header values accepted ("name" any port, "name:port" that port, "*" any). Empty:
+    # only localhost names when bound to a loopback address (DNS rebinding), else any.
+    allowed_hosts: tuple[str, ...] = ()
+    # Signs client secrets (HMAC-SHA256). Unset: a random one per process, so secrets work only
+    # on the replica that minted them; several replicas must share one.
+    client_secret_key: str | None = field(default=None, repr=False)
+    client_secret_max_seconds: int = 600
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

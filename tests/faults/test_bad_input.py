@@ -160,8 +160,9 @@ async def test_body_over_the_limit_is_413(fault_proxy) -> None:
             yield big[i : i + 8192]
 
     async with httpx2.AsyncClient(timeout=5) as client:
-        declared = await client.post(proxy.url + "/v1/responses", content=big)
-        streamed = await client.post(proxy.url + "/v1/responses", content=chunked())
+        json_type = {"content-type": "application/json"}  # other POST bodies are 415
+        declared = await client.post(proxy.url + "/v1/responses", content=big, headers=json_type)
+        streamed = await client.post(proxy.url + "/v1/responses", content=chunked(), headers=json_type)
         ok = await client.post(proxy.url + "/v1/responses", json={"model": "local", "input": "small"})
     for r in (declared, streamed):
         assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large"

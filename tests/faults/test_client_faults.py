@@ -223,7 +223,7 @@ async def test_slow_sse_reader_gets_backpressure_then_is_cut(proxy_process, raw_
     loop = asyncio.get_running_loop()
     body = json.dumps({"model": FLOOD, "input": m, "stream": True}).encode()
     request = (
-        b"POST /v1/responses HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"POST /v1/responses HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
         b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
     )
     try:

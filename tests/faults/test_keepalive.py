@@ -127,7 +127,7 @@ async def test_dead_websocket_peer_is_detected_and_cleaned_up(fault_proxy, fault
     assert not fake.find(m)[0]["finished"]
     # ...and the session is gone.
     values = await metrics(proxy)
-    assert metric(values, "wsproxy_ws_connections") == 0
+    assert metric(values, "wsproxy_ws_sessions") == 0
     assert metric(values, "wsproxy_active_responses") == 0
 
 
@@ -138,7 +138,7 @@ async def test_sse_comments_while_the_model_thinks(fault_proxy) -> None:
     sock.setblocking(False)
     body = json.dumps({"model": THINK, "input": "think", "stream": True}).encode()
     request = (
-        b"POST /v1/responses HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"POST /v1/responses HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
         b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
     )
     chunks: list[tuple[float, bytes]] = []

@@ -3,6 +3,10 @@
 ``/v1/responses`` serves WebSocket mode (GET + Upgrade) and HTTP (POST) on one path: Starlette's
 ``WebSocketRoute`` and ``Route`` side by side. The runtime (pools, store, tasks) is built in the
 lifespan and closed there; nothing exists at import time.
+
+Every request first passes the browser guards (``wsproxy.asgi.guards``: Host, Origin, CORS, JSON
+POSTs). ``POST /v1/client_secrets`` mints short-lived secrets (``wsproxy.asgi.client_secrets``);
+``GET /`` is the playground (``wsproxy.asgi.playground``).
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
-from wsproxy.asgi import conversations, stored, usage
+from wsproxy.asgi import conversations, playground, stored, usage
 from wsproxy.asgi.access_log import AccessLogMiddleware
+from wsproxy.asgi.client_secrets import create_client_secret, model_visible
+from wsproxy.asgi.guards import BrowserGuards
 from wsproxy.asgi.http import authenticate, compact, create_response, responses_get, runtime_of
 from wsproxy.asgi.render import error_response, json_response
 from wsproxy.asgi.ws import websocket_endpoint
@@ -45,6 +51,7 @@ async def list_models(request: Request) -> Response:
             "owned_by": name.partition("@")[0] if "@" in name else "wsproxy",
         }
         for name in runtime.engine.router.models()
+        if model_visible(request.scope, name)  # a client secret lists only its models
     ]
     return json_response({"object": "list", "data": data})
 
@@ -96,8 +103,16 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         *conversations.routes(),  # /v1/conversations
         *usage.routes(),
         Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/client_secrets", create_client_secret, methods=["POST"]),
+        playground.route(),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(AccessLogMiddleware)])
+    middleware = [
+        # Outermost: every answer, refusals included, gets its request id and access log line.
+        Middleware(AccessLogMiddleware),
+        # Host and Origin checks, CORS and the JSON-only POST rule, before any route (asgi/guards.py).
+        Middleware(BrowserGuards, settings=settings),
+    ]
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from wsproxy.asgi.access_log import request_id_of
+from wsproxy.asgi.client_secrets import allow_model, grant_for, remember
 from wsproxy.asgi.render import error_response, json_response
 from wsproxy.asgi.tracking import SHUTDOWN_CODE, SHUTDOWN_MESSAGE, ResponseTracker
 from wsproxy.core.events import Event
@@ -51,7 +52,10 @@ def authenticate(runtime: Runtime, request: Request) -> str | None:
 
 
 def identify(runtime: Runtime, request: Request) -> Principal | None:
-    principal = runtime.keyring.identify(bearer_token(request.headers.get("authorization")))
+    # A client secret first, then the keyring; the secret is kept in the scope for allow_model.
+    grant = grant_for(runtime, bearer_token(request.headers.get("authorization")))
+    remember(request.scope, grant)
+    principal = grant.identity
     if runtime.limiter.enabled:
         runtime.limiter.check(principal.name if principal else "anonymous", time.monotonic())
     return principal
@@ -77,6 +81,7 @@ async def create_response(request: Request) -> Response:
         principal = identify(runtime, request)
         obj = loads_object(await read_body(request, runtime.settings.limits.max_body_bytes))
         req = parse_create(obj, websocket=False)
+        allow_model(request.scope, req.model)  # a client secret's model scope
         run = await runtime.engine.prepare(
             req,
             principal.name if principal else None,
@@ -415,6 +420,8 @@ async def compact(request: Request) -> Response:
         unknown = next((k for k in obj if k not in allowed), None)
         if unknown is not None:
             raise unknown_parameter(unknown)
+        if isinstance(obj.get("model"), str):
+            allow_model(request.scope, obj["model"])  # a client secret's model scope
         result = await runtime.engine.compact(obj, principal)
     except ProxyError as exc:
         return error_response(exc)

@@ -39,12 +39,14 @@ import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from wsproxy.asgi.access_log import request_id_of
+from wsproxy.asgi.client_secrets import allow_model, grant_for
 from wsproxy.asgi.render import error_response, ws_error, ws_event_text
 from wsproxy.asgi.tracking import SHUTDOWN_CODE, SHUTDOWN_MESSAGE, ResponseTracker
 from wsproxy.core.request import CreateRequest, parse_create
 from wsproxy.core.session import SessionRules
-from wsproxy.errors import InvalidRequest, ProxyError
+from wsproxy.errors import InvalidRequest, ProxyError, Unauthorized
 from wsproxy.policy.auth import bearer_token, key_from_subprotocols
+from wsproxy.policy.client_secrets import ClientSecret
 from wsproxy.policy.keys import Principal
 from wsproxy.service.wiring import Runtime
 
@@ -100,7 +102,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     try:
         if not runtime.ready:
             raise ProxyError("The server is shutting down.", status=503, code="server_shutting_down")
-        principal = runtime.keyring.identify(key or proto_key)
+        # A client secret first, then the keyring (wsproxy.asgi.client_secrets).
+        grant = grant_for(runtime, key or proto_key)
+        principal = grant.identity
         if runtime.limiter.enabled:
             runtime.limiter.check(principal.name if principal else "anonymous", time.monotonic())
     except ProxyError as exc:
@@ -108,7 +112,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         await websocket.send_denial_response(error_response(exc))
         return
     await websocket.accept(subprotocol=echo)
-    session = WSSession(websocket, runtime, principal)
+    session = WSSession(websocket, runtime, principal, grant.secret)
     runtime.metrics.gauge("wsproxy_ws_sessions", 1)
     runtime.session_opened()
     try:
@@ -119,12 +123,20 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
 
 
 class WSSession:
-    def __init__(self, websocket: WebSocket, runtime: Runtime, principal: Principal | None) -> None:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        runtime: Runtime,
+        principal: Principal | None,
+        secret: ClientSecret | None = None,
+    ) -> None:
         limits = runtime.settings.limits
         self.ws = websocket
         self.runtime = runtime
         self.identity = principal
         self.principal = principal.name if principal else None
+        # Opened with a client secret: its model scope, and its expiry closes the session.
+        self.secret = secret
         self.limits = limits
         self.rules = SessionRules(
             max_inflight=limits.ws_max_inflight,
@@ -264,12 +276,18 @@ class WSSession:
         reader = loop.create_task(self.reader(), name="ws-reader")
         reader.add_done_callback(self._reader_done)
         age = loop.call_at(loop.time() + self.limits.ws_connection_max_age, self.wakeup, "age")
+        expiry = None
+        if self.secret is not None:
+            left = max(0.0, self.secret.expires_at - time.time())
+            expiry = loop.call_at(loop.time() + left, self.wakeup, "expired")
         watch = _shutdown_watch(self.runtime)
         watch.add(self, self.runtime)
         try:
             reason = await wake
             if reason == "age":
                 await self._age_limit()
+            elif reason == "expired":
+                await self._secret_expired()
             elif reason == "closing":
                 await self._shutdown(reader)
             elif reason == "writer":
@@ -279,6 +297,8 @@ class WSSession:
         finally:
             self.closed = True
             age.cancel()
+            if expiry is not None:
+                expiry.cancel()
             if self._stuck_timer is not None:
                 self._stuck_timer.cancel()
             watch.sessions.discard(self)
@@ -327,6 +347,13 @@ class WSSession:
         )
         await self._send_direct(ws_error(err))
         self.close_code = 1000
+
+    async def _secret_expired(self) -> None:
+        """The client secret the session was opened with has expired: an ``error`` event, then a
+        1008 close (policy). Responses still running end with the session."""
+        err = Unauthorized("The client secret has expired.", code="client_secret_expired")
+        await self._send_direct(ws_error(err))
+        self.close_code = 1008
 
     async def _shutdown(self, reader: asyncio.Task[None]) -> None:
         """Stop taking new responses; refuse the queued ones; let running ones finish. When the
@@ -407,6 +434,8 @@ class WSSession:
                     code="unknown_event_type",
                 )
             request = parse_create(obj, websocket=True)
+            if self.secret is not None:
+                allow_model(None, request.model, self.secret)  # a client secret's model scope
             rejected = self.rules.submit(request)
             if rejected is not None:
                 raise rejected

@@ -58,6 +58,14 @@ class KeyRing:
         principal = self.identify(key)
         return None if principal is None else principal.name
 
+    def named(self, name: str) -> Principal | None:
+        """The principal a configured key authenticates as, by its name (a client secret names
+        the principal that minted it); ``None`` once no key of that name is configured."""
+        for _, who in self._entries:
+            if who.name == name:
+                return who
+        return None
+
     def identify(self, key: str | None) -> Principal | None:
         """The principal for ``key``; ``None`` when auth is off. Raises ``Unauthorized``."""
         if not self._entries:

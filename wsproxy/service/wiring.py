@@ -102,6 +102,8 @@ class Runtime:
     # Open WebSocket sessions: the drain waits for them to send their 1001 close.
     sessions: int = 0
     sessions_closed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Signs client secrets (wsproxy.policy.client_secrets): from the settings, else random.
+    client_secret_key: bytes = field(default=b"", repr=False)
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         """A task owned by the runtime: kept, and cancelled at close."""
@@ -225,6 +227,9 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str] | None = N
         metrics=metrics,
         providers=providers,
         tenancy=Tenancy(settings, store, router),
+        client_secret_key=(
+            settings.client_secret_key.encode() if settings.client_secret_key else os.urandom(32)
+        ),
     )
     runtime.drained.set()
     runtime.sessions_closed.set()
