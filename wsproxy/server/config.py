@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import uvicorn
@@ -36,15 +37,31 @@ def build_config(settings: Settings, app: Any = None) -> uvicorn.Config:
         access_log=False,
         timeout_graceful_shutdown=int(limits.shutdown_grace) + 5,
         h11_max_incomplete_event_size=MAX_HEAD_BYTES,
+        # Which worker answered (``--workers N``): a default header uvicorn adds to every
+        # response head, so it costs nothing per event.
+        headers=[("x-wsproxy-worker", f"{settings.worker_id}; pid={os.getpid()}")]
+        if settings.worker_id
+        else None,
     )
     # Read by LeanWebSocketProtocol (uvicorn builds protocols from the config alone).
     config.wsproxy_deflate = deflate_factory(limits.ws_compression_min_bytes)  # type: ignore[attr-defined]
     return config
 
 
-def serve(settings: Settings) -> None:
+def configure_logging(settings: Settings) -> None:
+    where = f" [w{settings.worker_id} %(process)d]" if settings.worker_id else ""
     logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        level=settings.log_level.upper(), format=f"%(asctime)s %(levelname)s{where} %(name)s %(message)s"
     )
+
+
+def serve(settings: Settings) -> int:
+    """Run ``wsproxy serve`` until it is shut down; the process exit status."""
+    configure_logging(settings)
+    if settings.workers > 1:
+        from wsproxy.server.workers import run_workers
+
+        return run_workers(settings)
     server = GracefulServer(build_config(settings), settings)
     server.run()
+    return 0

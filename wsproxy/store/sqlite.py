@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import sqlite3
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -249,7 +250,7 @@ class SQLiteStore:
         )
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._enable_wal(conn)
             if str(mode).lower() != "wal" and self.path != ":memory:":
                 raise StoreError(f"SQLite store could not enable WAL (journal_mode={mode}).")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
@@ -262,6 +263,19 @@ class SQLiteStore:
             conn.close()
             raise
         self._conn = conn
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> str:
+        """``journal_mode = WAL``, retried: switching a new file to WAL takes an exclusive lock
+        for which SQLite does not call the busy handler, so processes opening one file at once
+        (``--workers N`` starting) get "database is locked" at once. Bounded by the busy timeout."""
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000.0
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
