@@ -197,6 +197,8 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str] | None = N
         limiter=RateLimiter(settings.limits.rate_limit_rpm),
         metrics=metrics,
         providers=providers,
+        # Background runs keep their event log in the store too: any worker can follow them.
+        background=BackgroundRegistry(store),
     )
     runtime.drained.set()
     runtime.sessions_closed.set()
