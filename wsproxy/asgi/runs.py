@@ -98,7 +98,9 @@ async def cancel_background(request: Request, runtime: Runtime) -> Response:
     if entry is None:
         state = await runtime.background.cancel_remote(response_id, principal)  # run elsewhere
         record = await runtime.engine.lookup(response_id, principal)
-        if record is None and state is not None:
+        if state is not None:  # a background run (its log says so), now over
+            if record is not None:
+                return json_response(record.response)
             return json_response({**orjson.loads(state.snapshot), "status": "cancelled"})
         if record is None:
             raise response_not_found(response_id)
