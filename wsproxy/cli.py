@@ -22,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind (default 8080)")
     serve.add_argument("--config", help="TOML settings file (or WSPROXY_CONFIG)")
     serve.add_argument("--log-level", help="debug, info, warning, error")
+    serve.add_argument(
+        "--workers", type=int, help="processes serving the port (default 1, or WSPROXY_WORKERS)"
+    )
     keys = sub.add_parser("keys", help="API key helpers")
     keys_sub = keys.add_subparsers(dest="keys_command")
     hash_cmd = keys_sub.add_parser(
@@ -54,7 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     overrides = {
         k: v
-        for k, v in {"host": args.host, "port": args.port, "log_level": args.log_level}.items()
+        for k, v in {
+            "host": args.host,
+            "port": args.port,
+            "log_level": args.log_level,
+            "workers": args.workers,
+        }.items()
         if v is not None
     }
     try:
@@ -62,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     except (SettingsError, OSError) as exc:
         print(f"wsproxy: {exc}", file=sys.stderr)
         return 2
-    serve(settings)
-    return 0
+    return serve(settings)
 
 
 if __name__ == "__main__":

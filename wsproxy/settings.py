@@ -178,6 +178,12 @@ class Settings:
     # on the replica that minted them; several replicas must share one.
     client_secret_key: str | None = field(default=None, repr=False)
     client_secret_max_seconds: int = 600
+    # Processes serving the one port (``wsproxy serve --workers N``); see the README for how to
+    # choose N. 1 runs the server in this process, without a supervisor.
+    workers: int = 1
+    # Set by the supervisor in each worker (1..N); 0 in a single-process server. Lets per-process
+    # state (metrics files, logs) tell the workers apart.
+    worker_id: int = 0
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -369,4 +375,20 @@ def load_settings(
         keys=keys,
         cache=cache,
     )
-    return settings.replace(**overrides) if overrides else settings
+    settings = settings.replace(**overrides) if overrides else settings
+    _check_workers(settings)
+    return settings
+
+
+def _check_workers(settings: Settings) -> None:
+    if settings.workers < 1:
+        raise SettingsError(f"workers must be >= 1, not {settings.workers}")
+    store = settings.store
+    if settings.workers > 1 and (
+        store.backend == "memory" or (store.backend == "sqlite" and store.path == ":memory:")
+    ):
+        # Each worker would have a store of its own: a response stored by one would be unknown
+        # to the others (retrieve, previous_response_id, background runs).
+        raise SettingsError(
+            "workers > 1 needs a store the workers share: store.backend 'sqlite' (a file) or 'redis'"
+        )

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import pytest_asyncio
 
@@ -92,20 +93,25 @@ async def make(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> 
     redis_url = str(request.getfixturevalue("redis_url")) if backend == "redis" else ""
     stores: list[Any] = []
 
-    async def _make(*, ttl_seconds: float = 3600.0, max_records: int = 10_000) -> Any:
+    async def _make(*, ttl_seconds: float = 3600.0, max_records: int = 10_000, **runs: Any) -> Any:
         store: Any
         if backend == "memory":
-            store = MemoryStore(ttl_seconds=ttl_seconds, max_records=max_records)
+            store = MemoryStore(ttl_seconds=ttl_seconds, max_records=max_records, **runs)
         elif backend == "sqlite":
             store = SQLiteStore(
-                str(tmp_path / f"store{len(stores)}.db"), ttl_seconds=ttl_seconds, max_records=max_records
+                str(tmp_path / f"store{len(stores)}.db"),
+                ttl_seconds=ttl_seconds,
+                max_records=max_records,
+                **runs,
             )
         else:
+            runs.pop("run_max_runs", None)  # Redis bounds runs by their TTL only
             store = RedisStore(
                 redis_url,
                 ttl_seconds=ttl_seconds,
                 max_records=max_records,
                 key_prefix=f"wsproxy-test:{uuid.uuid4().hex}:",
+                **runs,
             )
         await store.open()
         stores.append(store)
@@ -532,6 +538,112 @@ async def test_response_cache_get_put_expiry(store: ResponseStore) -> None:
     assert await store.cache_get("h1", time.time()) == b'{"id":"resp_2"}'
 
 
+# ------------------------------------------------------------------------------------ run log
+
+
+def run_event(seq: int, text: str = "x") -> tuple[int, str, bytes]:
+    payload = {"type": "response.output_text.delta", "sequence_number": seq, "delta": text}
+    return (seq, "response.output_text.delta", orjson.dumps(payload))
+
+
+@pytest.mark.asyncio
+async def test_run_log_round_trip(store: ResponseStore) -> None:
+    now = time.time()
+    snapshot = orjson.dumps({"id": "resp_run", "status": "in_progress", "text": "héllo 🙂"})
+    await store.run_start("resp_run", "user-1", snapshot, now)
+    fresh = await store.run_read("resp_run", -1, 100)
+    assert fresh is not None
+    assert (fresh.owner, fresh.snapshot, fresh.done, fresh.cancel_requested) == (
+        "user-1",
+        snapshot,
+        False,
+        False,
+    )
+    assert fresh.events == []
+    events = [run_event(i, f"d{i} 🙂\n") for i in range(6)]
+    assert await store.run_append("resp_run", events[:4], now + 1) is False
+    assert await store.run_append("resp_run", events[4:], now + 2) is False
+    # A batch sent again (a retried append) is not logged twice.
+    assert await store.run_append("resp_run", events[3:], now + 2) is False
+    got = await store.run_read("resp_run", -1, 100)
+    assert got is not None and got.events == events and got.updated_at == pytest.approx(now + 2)
+    after = await store.run_read("resp_run", 2, 100)
+    assert after is not None and after.events == events[3:]
+    page = await store.run_read("resp_run", 0, 2)
+    assert page is not None and page.events == events[1:3]
+    none = await store.run_read("resp_run", 5, 100)
+    assert none is not None and none.events == [] and not none.done
+    await store.run_finish("resp_run", now + 3)
+    done = await store.run_read("resp_run", 3, 100)
+    assert done is not None and done.done and done.events == events[4:]
+    # Restarting a log empties it.
+    await store.run_start("resp_run", None, b"{}", now + 4)
+    again = await store.run_read("resp_run", -1, 100)
+    assert again is not None and again.owner is None and again.events == [] and not again.done
+
+
+@pytest.mark.asyncio
+async def test_run_unknown(store: ResponseStore) -> None:
+    assert await store.run_read("resp_nope", -1, 10) is None
+    assert await store.run_append("resp_nope", [run_event(0)], time.time()) is False
+    assert await store.run_cancel("resp_nope") is False
+    await store.run_finish("resp_nope", time.time())  # a no-op, no error
+    assert await store.run_read("resp_nope", -1, 10) is None
+
+
+@pytest.mark.asyncio
+async def test_run_cancel_reaches_the_owner(store: ResponseStore) -> None:
+    now = time.time()
+    await store.run_start("resp_c", "u", b"{}", now)
+    assert await store.run_append("resp_c", [run_event(0)], now) is False
+    assert await store.run_cancel("resp_c") is True
+    state = await store.run_read("resp_c", -1, 10)
+    assert state is not None and state.cancel_requested
+    # The owner sees the request in the answer to its next append (with or without events).
+    assert await store.run_append("resp_c", [], now + 1) is True
+    assert await store.run_append("resp_c", [run_event(1)], now + 1) is True
+    await store.run_finish("resp_c", now + 2)
+    # A finished run cannot be cancelled any more.
+    assert await store.run_cancel("resp_c") is False
+
+
+@pytest.mark.asyncio
+async def test_run_log_is_bounded_in_events(make: MakeStore) -> None:
+    store = await make(run_max_events=5)
+    await store.run_start("resp_b", "u", b"{}", time.time())
+    await store.run_append("resp_b", [run_event(i) for i in range(3)], time.time())
+    await store.run_append("resp_b", [run_event(i) for i in range(3, 9)], time.time())
+    got = await store.run_read("resp_b", -1, 100)
+    assert got is not None and [e[0] for e in got.events] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.asyncio
+async def test_run_log_expires_after_the_owners_last_write(make: MakeStore) -> None:
+    # Real time: Redis expires the keys on its own clock; memory and SQLite at purge.
+    store = await make(run_ttl_seconds=1.0)
+    await store.run_start("resp_old", "u", b"{}", time.time())
+    await store.run_append("resp_old", [run_event(0)], time.time())
+    await asyncio.sleep(0.6)
+    await store.run_start("resp_young", "u", b"{}", time.time())
+    await asyncio.sleep(0.6)
+    await store.purge(time.time())
+    assert await store.run_read("resp_old", -1, 10) is None
+    assert await store.run_read("resp_young", -1, 10) is not None
+    assert await store.run_append("resp_old", [run_event(1)], time.time()) is False
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+async def test_run_count_is_bounded(make: MakeStore) -> None:
+    store = await make(run_max_runs=3)
+    base = time.time()
+    for i in range(6):
+        await store.run_start(f"resp_n{i}", "u", b"{}", base + i)
+    await store.purge(base + 10)
+    kept = [i for i in range(6) if await store.run_read(f"resp_n{i}", -1, 1) is not None]
+    assert kept == [3, 4, 5]
+
+
 # ---------------------------------------------------------------------------------------- sqlite
 
 
@@ -579,14 +691,42 @@ async def test_sqlite_migrates_a_version_1_file(tmp_path: Path) -> None:
         assert await store.get("resp_v1") == rec
         await store.create_conversation(conv("conv_v2", 1.0), [msg("msg_1")])
         assert await store.get_item("conv_v2", "msg_1") == msg("msg_1")
-        # Version 3's tables (limits, usage, cache) came with the same migration.
+        # Versions 3 and 4 (limits, usage, cache; background run logs) came with the same migration.
         await store.add_usage("2026-01-02", "alice", "local", [1, 2, 3, 0, 0])
         assert [r["output_tokens"] for r in await store.usage("alice", "2026-01-01", "2026-01-03")] == [3]
     finally:
         await store.close()
     with sqlite3.connect(path) as check:
-        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     check.close()
+
+
+async def test_sqlite_two_stores_on_one_file_see_each_others_writes(tmp_path: Path) -> None:
+    """What ``--workers N`` relies on: each worker has its own connection (and writer thread) on
+    one file; a write committed by one is readable by the other at once."""
+    path = str(tmp_path / "shared.db")
+    a = SQLiteStore(path, ttl_seconds=3600, max_records=100, busy_timeout_ms=5000)
+    b = SQLiteStore(path, ttl_seconds=3600, max_records=100, busy_timeout_ms=5000)
+    await asyncio.gather(a.open(), b.open())  # both may create the file and switch it to WAL
+    try:
+        for i in range(20):
+            rec = record(f"resp_x{i}", time.time())
+            await (a if i % 2 else b).put(rec)
+            assert await (b if i % 2 else a).get(rec.id) == rec
+        await a.run_start("resp_run", "u", b"{}", time.time())
+        await a.run_append("resp_run", [run_event(0), run_event(1)], time.time())
+        seen = await b.run_read("resp_run", 0, 10)
+        assert seen is not None and [e[0] for e in seen.events] == [1]
+        assert await b.run_cancel("resp_run") is True
+        assert await a.run_append("resp_run", [run_event(2)], time.time()) is True
+        # Writers of two processes contend for one lock: busy_timeout makes them wait, not fail.
+        claims = await asyncio.gather(
+            *(s.claim_idempotency_key("k", f"resp_{i}", time.time()) for i, s in enumerate([a, b] * 10))
+        )
+        assert claims.count(None) == 1 and len({c for c in claims if c is not None}) == 1
+    finally:
+        await a.close()
+        await b.close()
 
 
 @pytest.mark.asyncio

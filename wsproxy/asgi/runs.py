@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -52,7 +53,7 @@ async def start_background(runtime: Runtime, run: ResponseRun, stream: bool) -> 
                 if not first_seen.done():
                     entry.snapshot = event.json().get("response") or {}
                     entry.response_id = str(entry.snapshot.get("id") or run.response_id)
-                    runtime.background.runs[entry.response_id] = entry
+                    await runtime.background.register(entry)  # here, and in the store
                     first_seen.set_result(None)
                 entry.append(event)
         except ProxyError as exc:
@@ -64,7 +65,7 @@ async def start_background(runtime: Runtime, run: ResponseRun, stream: bool) -> 
         finally:
             if not first_seen.done():
                 first_seen.set_exception(ProxyError("The response ended before it started."))
-            runtime.background.mark_finished(entry)
+            await runtime.background.finish(entry)
             runtime.response_ended()
 
     entry.task = runtime.spawn(drive(), f"background-{run.response_id}")
@@ -95,7 +96,12 @@ async def cancel_background(request: Request, runtime: Runtime) -> Response:
     response_id = request.path_params["response_id"]
     entry = runtime.background.get(response_id, principal)
     if entry is None:
+        state = await runtime.background.cancel_remote(response_id, principal)  # run elsewhere
         record = await runtime.engine.lookup(response_id, principal)
+        if state is not None:  # a background run (its log says so), now over
+            if record is not None:
+                return json_response(record.response)
+            return json_response({**orjson.loads(state.snapshot), "status": "cancelled"})
         if record is None:
             raise response_not_found(response_id)
         if not record.response.get("background"):
@@ -133,3 +139,26 @@ async def replay_response(request: Request, runtime: Runtime, record: StoredResp
 
 def live_entry(runtime: Runtime, response_id: str, principal: str | None) -> BackgroundRun | None:
     return runtime.background.get(response_id, principal)
+
+
+async def retrieve_background(
+    request: Request, runtime: Runtime, principal: str | None, stream: bool
+) -> Response | None:
+    """A background response, run by this process or (its log in the store) by another one;
+    None if there is no such run."""
+    response_id = request.path_params["response_id"]
+    entry = live_entry(runtime, response_id, principal)
+    if entry is not None:
+        # Run here: its event log, live while it runs.
+        if stream:
+            return SSEResponse(runtime, entry.follow(starting_after(request)))
+        final = entry.run.final
+        return json_response(final.response if entry.done and final is not None else entry.snapshot)
+    state = await runtime.background.remote(response_id, principal)
+    if state is None:
+        return None
+    if stream:
+        return SSEResponse(runtime, runtime.background.follow_remote(response_id, starting_after(request)))
+    if state.done:
+        return None  # its final Response is stored
+    return json_response(orjson.loads(state.snapshot))

@@ -11,9 +11,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from wsproxy.asgi.http import SSEResponse, authenticate, runtime_of
+from wsproxy.asgi.http import authenticate, runtime_of
 from wsproxy.asgi.render import error_response, json_response
-from wsproxy.asgi.runs import cancel_background, live_entry, replay_response, starting_after
+from wsproxy.asgi.runs import cancel_background, replay_response, retrieve_background
 from wsproxy.errors import InvalidRequest, ProxyError, invalid_param, response_not_found
 from wsproxy.store.base import StoredResponse
 
@@ -34,13 +34,9 @@ async def retrieve(request: Request) -> Response:
         principal = authenticate(runtime, request)
         response_id = request.path_params["response_id"]
         stream = request.query_params.get("stream") in ("true", "1")
-        entry = live_entry(runtime, response_id, principal)
-        if entry is not None:
-            # A background response: its real event log, live while it runs.
-            if stream:
-                return SSEResponse(runtime, entry.follow(starting_after(request)))
-            final = entry.run.final
-            return json_response(final.response if entry.done and final is not None else entry.snapshot)
+        background = await retrieve_background(request, runtime, principal, stream)
+        if background is not None:
+            return background
         record = await runtime.engine.lookup(response_id, principal)
         if record is None:
             raise response_not_found(response_id)

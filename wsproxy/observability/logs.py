@@ -18,8 +18,10 @@ ACCESS = logging.getLogger("wsproxy.access")
 
 
 class TextFormatter(logging.Formatter):
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+    def __init__(self, worker_id: int = 0) -> None:
+        # With --workers N each line says which worker (and process) wrote it.
+        where = f" [w{worker_id} %(process)d]" if worker_id else ""
+        super().__init__(f"%(asctime)s %(levelname)s{where} %(name)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
@@ -37,6 +39,10 @@ def _text(value: Any) -> str:
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, worker_id: int = 0) -> None:
+        super().__init__()
+        self.worker_id = worker_id
+
     def format(self, record: logging.LogRecord) -> str:
         obj: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
@@ -45,6 +51,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if self.worker_id:
+            obj["worker"] = self.worker_id
+            obj["pid"] = record.process
         fields = getattr(record, "fields", None)
         if fields:
             obj.update(fields)
@@ -53,10 +62,10 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(obj, default=str).decode()
 
 
-def configure_logging(level: str, log_format: str) -> None:
+def configure_logging(level: str, log_format: str, worker_id: int = 0) -> None:
     """The root handler for ``wsproxy serve`` (uvicorn's own loggers propagate to it)."""
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter(worker_id) if log_format == "json" else TextFormatter(worker_id))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

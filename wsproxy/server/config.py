@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import uvicorn
@@ -40,13 +41,24 @@ def build_config(settings: Settings, app: Any = None) -> uvicorn.Config:
         # would otherwise believe it from 127.0.0.1, and the ASGI client would be whatever a
         # local client wrote in it).
         proxy_headers=False,
+        # Which worker answered (``--workers N``): a default header uvicorn adds to every
+        # response head, so it costs nothing per event.
+        headers=[("x-wsproxy-worker", f"{settings.worker_id}; pid={os.getpid()}")]
+        if settings.worker_id
+        else None,
     )
     # Read by LeanWebSocketProtocol (uvicorn builds protocols from the config alone).
     config.wsproxy_deflate = deflate_factory(limits.ws_compression_min_bytes)  # type: ignore[attr-defined]
     return config
 
 
-def serve(settings: Settings) -> None:
-    configure_logging(settings.log_level, settings.log_format)
+def serve(settings: Settings) -> int:
+    """Run ``wsproxy serve`` until it is shut down; the process exit status."""
+    configure_logging(settings.log_level, settings.log_format, settings.worker_id)
+    if settings.workers > 1:
+        from wsproxy.server.workers import run_workers
+
+        return run_workers(settings)
     server = GracefulServer(build_config(settings), settings)
     server.run()
+    return 0

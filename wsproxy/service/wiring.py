@@ -230,6 +230,8 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str] | None = N
         client_secret_key=(
             settings.client_secret_key.encode() if settings.client_secret_key else os.urandom(32)
         ),
+        # Background runs keep their event log in the store too: any worker can follow them.
+        background=BackgroundRegistry(store),
     )
     runtime.drained.set()
     runtime.sessions_closed.set()

@@ -9,6 +9,7 @@ process enforces its own limits and keeps its own usage.
 
 from __future__ import annotations
 
+import bisect
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,16 @@ from wsproxy.core.conversations import (
     page_of,
 )
 from wsproxy.policy.usage import utc_date
-from wsproxy.store.base import Charge, StoredResponse, usage_row
+from wsproxy.store.base import (
+    RUN_MAX_EVENTS,
+    RUN_MAX_RUNS,
+    RUN_TTL_SECONDS,
+    Charge,
+    RunEvent,
+    RunLog,
+    StoredResponse,
+    usage_row,
+)
 
 
 @dataclass(slots=True)
@@ -36,13 +46,33 @@ class _Conversation:
     items: list[tuple[str, bytes]] = field(default_factory=list)
 
 
+@dataclass(slots=True)
+class _Run:
+    owner: str | None
+    snapshot: bytes
+    updated_at: float
+    done: bool = False
+    cancel: bool = False
+    events: list[RunEvent] = field(default_factory=list)
+
+
 class MemoryStore:
     def __init__(
-        self, *, ttl_seconds: float = 30 * 86400, max_records: int = 100_000, usage_days: int = 400
+        self,
+        *,
+        ttl_seconds: float = 30 * 86400,
+        max_records: int = 100_000,
+        usage_days: int = 400,
+        run_ttl_seconds: float = RUN_TTL_SECONDS,
+        run_max_events: int = RUN_MAX_EVENTS,
+        run_max_runs: int = RUN_MAX_RUNS,
     ) -> None:
         self.ttl = ttl_seconds
         self.max_records = max_records
         self.usage_days = usage_days
+        self.run_ttl = run_ttl_seconds
+        self.run_max_events = run_max_events
+        self.run_max_runs = run_max_runs
         self._records: OrderedDict[str, StoredResponse] = OrderedDict()
         self._idem: OrderedDict[str, tuple[str, float]] = OrderedDict()
         # Ordered by last write: the first entries are the first to go when the bound is hit.
@@ -50,6 +80,7 @@ class MemoryStore:
         self._counters: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._usage: dict[tuple[str, str, str], list[int]] = {}
         self._cache: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._runs: OrderedDict[str, _Run] = OrderedDict()
 
     async def open(self) -> None:
         return None
@@ -58,6 +89,7 @@ class MemoryStore:
         self._records.clear()
         self._idem.clear()
         self._convs.clear()
+        self._runs.clear()
 
     async def put(self, record: StoredResponse) -> None:
         # Store a private copy: callers keep mutating their dicts.
@@ -84,7 +116,6 @@ class MemoryStore:
         dead = [k for k, c in self._convs.items() if StoredConversation.loads(c.record).updated_at < cutoff]
         for key in dead:
             del self._convs[key]
-        return len(expired) + len(dead)
         for table in (self._counters, self._cache):
             for key in [k for k, (_, until) in table.items() if until <= now]:
                 del table[key]
@@ -94,6 +125,10 @@ class MemoryStore:
             if oldest < keep_from:
                 for row in [r for r in self._usage if r[0] < keep_from]:
                     del self._usage[row]
+        run_cutoff = now - self.run_ttl
+        for key in [k for k, r in self._runs.items() if r.updated_at < run_cutoff]:
+            del self._runs[key]
+        return len(expired) + len(dead)
         return len(expired)
 
     async def claim_idempotency_key(self, key: str, response_id: str, now: float) -> str | None:
@@ -231,3 +266,51 @@ class MemoryStore:
         self._cache.move_to_end(key)
         while len(self._cache) > self.max_records:
             self._cache.popitem(last=False)
+
+    # -- background run logs --------------------------------------------------------------------
+
+    async def run_start(self, run_id: str, owner: str | None, snapshot: bytes, now: float) -> None:
+        self._runs[run_id] = _Run(owner, bytes(snapshot), now)
+        self._runs.move_to_end(run_id)
+        while len(self._runs) > self.run_max_runs:
+            self._runs.popitem(last=False)
+
+    async def run_append(self, run_id: str, events: Sequence[RunEvent], now: float) -> bool:
+        run = self._runs.get(run_id)
+        if run is None:
+            return False
+        room = self.run_max_events - len(run.events)
+        last = run.events[-1][0] if run.events else None
+        for event in events[: max(0, room)]:
+            if last is None or event[0] > last:  # a repeated append is not logged twice
+                run.events.append(event)
+                last = event[0]
+        run.updated_at = now
+        return run.cancel
+
+    async def run_read(self, run_id: str, after: int, limit: int) -> RunLog | None:
+        run = self._runs.get(run_id)
+        if run is None:
+            return None
+        start = bisect.bisect_right(run.events, after, key=lambda e: e[0])
+        return RunLog(
+            owner=run.owner,
+            snapshot=run.snapshot,
+            done=run.done,
+            cancel_requested=run.cancel,
+            updated_at=run.updated_at,
+            events=run.events[start : start + max(0, limit)],
+        )
+
+    async def run_finish(self, run_id: str, now: float) -> None:
+        run = self._runs.get(run_id)
+        if run is not None:
+            run.done = True
+            run.updated_at = now
+
+    async def run_cancel(self, run_id: str) -> bool:
+        run = self._runs.get(run_id)
+        if run is None or run.done:
+            return False
+        run.cancel = True
+        return True

@@ -17,7 +17,12 @@ Layout, all under ``key_prefix``:
   enforce one limit), expiring (PEXPIREAT) a little after its window;
 * ``{prefix}usage:{date}`` a hash per UTC day, fields ``{key}\x1f{model}\x1f{counter}``
   raised with HINCRBY, expiring ``usage_days`` after the day;
-* ``{prefix}cache:{hash}`` a response-cache entry, ``SET ... PXAT``.
+* ``{prefix}cache:{hash}`` a response-cache entry, ``SET ... PXAT``;
+* ``{prefix}run:{id}``   the state of a background run's log (a hash: owner, snapshot, done,
+  cancel, events, last_seq, updated_at) and ``{prefix}runev:{id}`` its events (a sorted set
+  scored by sequence number, each member ``type\\n`` + JSON), both expiring ``run_ttl`` after
+  the owner's last write (there is no count bound on runs: the TTL is the bound). Appending,
+  finishing and cancelling are Lua scripts, so a log never exists half-written.
 
 Conversation writes that must check before they write (append, delete an item, update) are Lua
 scripts, so they are atomic against other proxies on the same Redis.
@@ -47,7 +52,16 @@ from redis.exceptions import RedisError
 from wsproxy.core.conversations import ItemPage, ListParams, StoredConversation
 from wsproxy.errors import StoreError
 from wsproxy.policy.usage import dates_between
-from wsproxy.store.base import USAGE_FIELDS, Charge, StoredResponse, usage_row
+from wsproxy.store.base import (
+    RUN_MAX_EVENTS,
+    RUN_TTL_SECONDS,
+    USAGE_FIELDS,
+    Charge,
+    RunEvent,
+    RunLog,
+    StoredResponse,
+    usage_row,
+)
 
 T = TypeVar("T")
 
@@ -207,6 +221,46 @@ return 0
 _SEP = "\x1f"
 
 
+# KEYS: run hash, events zset. ARGV: now, max events, ttl ms, then seq, member pairs.
+# Returns -1 for an unknown run, else the cancel flag (0/1).
+_RUN_APPEND_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local count = tonumber(redis.call('HGET', KEYS[1], 'events') or '0')
+local last = tonumber(redis.call('HGET', KEYS[1], 'last_seq') or '-1')
+local max = tonumber(ARGV[2])
+for i = 4, #ARGV, 2 do
+  local seq = tonumber(ARGV[i])
+  if count >= max then break end
+  if seq > last then
+    redis.call('ZADD', KEYS[2], seq, ARGV[i + 1])
+    count = count + 1
+    last = seq
+  end
+end
+redis.call('HSET', KEYS[1], 'events', count, 'last_seq', last, 'updated_at', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return tonumber(redis.call('HGET', KEYS[1], 'cancel') or '0')
+"""
+
+# KEYS: run hash, events zset. ARGV: now, ttl ms.
+_RUN_FINISH_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'done', 1, 'updated_at', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
+# KEYS: run hash. Returns 1 when the flag was set on a run that is not done.
+_RUN_CANCEL_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'done') == '1' then return 0 end
+redis.call('HSET', KEYS[1], 'cancel', 1)
+return 1
+"""
+
+
 class RedisStore:
     """``ResponseStore`` on Redis; see the module docstring for the key layout."""
 
@@ -224,6 +278,8 @@ class RedisStore:
         purge_batch: int = 500,
         purge_max_batches: int = 200,
         usage_days: int = 400,
+        run_ttl_seconds: float = RUN_TTL_SECONDS,
+        run_max_events: int = RUN_MAX_EVENTS,
     ) -> None:
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be > 0")
@@ -246,6 +302,10 @@ class RedisStore:
         self.purge_batch = purge_batch
         self.purge_max_batches = purge_max_batches
         self.usage_days = usage_days
+        self.run_ttl = float(run_ttl_seconds)
+        self._run_ttl_ms = max(1, math.ceil(self.run_ttl * 1000))
+        self.run_max_events = run_max_events
+        self._run_scripts: dict[str, Any] = {}
         self._index = f"{key_prefix}index"
         self._take_script: Any = None
         self._adjust_script: Any = None
@@ -292,6 +352,11 @@ class RedisStore:
         self._pool = pool
         self._client = client
         self._purge_script = client.register_script(_PURGE_LUA)
+        self._run_scripts = {
+            "append": client.register_script(_RUN_APPEND_LUA),
+            "finish": client.register_script(_RUN_FINISH_LUA),
+            "cancel": client.register_script(_RUN_CANCEL_LUA),
+        }
         self._take_script = client.register_script(_TAKE_LUA)
         self._adjust_script = client.register_script(_ADJUST_LUA)
         self._scripts = {
@@ -309,6 +374,7 @@ class RedisStore:
         client, self._client = self._client, None
         self._pool = None
         self._purge_script = None
+        self._run_scripts = {}
         self._scripts = {}
         if client is not None:
             try:
@@ -641,6 +707,100 @@ class RedisStore:
             await client.set(f"{self.prefix}cache:{key}", data, pxat=int(expires_at * 1000))
 
         await self._guard(op)
+
+    # ------------------------------------------------------------------ run log
+
+    def _run_keys(self, run_id: str) -> list[str]:
+        return [f"{self.prefix}run:{run_id}", f"{self.prefix}runev:{run_id}"]
+
+    async def run_start(self, run_id: str, owner: str | None, snapshot: bytes, now: float) -> None:
+        client = self._require()
+        meta, events = self._run_keys(run_id)
+        fields: dict[str | bytes | bytearray | memoryview[int] | int | float, Any] = {
+            "owner": orjson.dumps(owner),
+            "snapshot": bytes(snapshot),
+            "done": 0,
+            "cancel": 0,
+            "events": 0,
+            "last_seq": -1,
+            "updated_at": repr(float(now)),
+        }
+
+        async def op() -> None:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.delete(meta, events)
+                pipe.hset(meta, mapping=fields)
+                pipe.pexpire(meta, self._run_ttl_ms)
+                await pipe.execute()
+
+        await self._guard(op)
+
+    async def run_append(self, run_id: str, events: Sequence[RunEvent], now: float) -> bool:
+        self._require()
+        script = self._run_scripts["append"]
+        args: list[Any] = [repr(float(now)), self.run_max_events, self._run_ttl_ms]
+        for seq, kind, data in events:
+            args += [seq, kind.encode() + b"\n" + data]
+
+        async def op() -> int:
+            return int(await script(keys=self._run_keys(run_id), args=args))
+
+        return await self._guard(op) == 1
+
+    async def run_read(self, run_id: str, after: int, limit: int) -> RunLog | None:
+        client = self._require()
+        meta, events = self._run_keys(run_id)
+
+        async def op() -> tuple[Any, Any]:
+            # One MULTI: the state and the events of one moment.
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.hgetall(meta)
+                pipe.zrangebyscore(
+                    events, f"({int(after)}", "+inf", start=0, num=max(0, limit), withscores=True
+                )
+                state, members = await pipe.execute()
+            return state, members
+
+        state, members = await self._guard(op)
+        if not state:
+            return None
+        got = {(k.decode() if isinstance(k, bytes) else k): v for k, v in state.items()}
+        try:
+            out: list[RunEvent] = []
+            if limit > 0:
+                for member, score in members:
+                    raw = member if isinstance(member, bytes) else member.encode()
+                    kind, _, data = raw.partition(b"\n")
+                    out.append((int(score), kind.decode(), data))
+            snapshot = got["snapshot"]
+            return RunLog(
+                owner=orjson.loads(got["owner"]),
+                snapshot=snapshot if isinstance(snapshot, bytes) else snapshot.encode(),
+                done=int(got["done"]) == 1,
+                cancel_requested=int(got["cancel"]) == 1,
+                updated_at=float(got["updated_at"]),
+                events=out,
+            )
+        except (KeyError, ValueError, orjson.JSONDecodeError) as exc:
+            raise StoreError(f"Redis store holds an unreadable run log for {run_id!r}: {exc}") from exc
+
+    async def run_finish(self, run_id: str, now: float) -> None:
+        self._require()
+        script = self._run_scripts["finish"]
+
+        async def op() -> None:
+            await script(keys=self._run_keys(run_id), args=[repr(float(now)), self._run_ttl_ms])
+
+        await self._guard(op)
+
+    async def run_cancel(self, run_id: str) -> bool:
+        self._require()
+        script = self._run_scripts["cancel"]
+
+        async def op() -> int:
+            return int(await script(keys=self._run_keys(run_id)[:1], args=[]))
+
+        return await self._guard(op) == 1
 
     # ------------------------------------------------------------------ plumbing
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -49,11 +50,20 @@ from wsproxy.core.conversations import (
 )
 from wsproxy.errors import StoreError
 from wsproxy.policy.usage import utc_date
-from wsproxy.store.base import Charge, StoredResponse, usage_row
+from wsproxy.store.base import (
+    RUN_MAX_EVENTS,
+    RUN_MAX_RUNS,
+    RUN_TTL_SECONDS,
+    Charge,
+    RunEvent,
+    RunLog,
+    StoredResponse,
+    usage_row,
+)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Applied in one transaction when the file has user_version 0 (new or never initialized).
 _SCHEMA_V1 = (
@@ -133,6 +143,32 @@ _SCHEMA_V3 = (
     "CREATE INDEX IF NOT EXISTS response_cache_expires_at ON response_cache (expires_at)",
 )
 
+# Version 4: the run log of background responses (see ``wsproxy.store.base``).
+_SCHEMA_V4 = (
+    """
+    CREATE TABLE IF NOT EXISTS runs (
+        id TEXT PRIMARY KEY NOT NULL,
+        owner TEXT,
+        snapshot BLOB NOT NULL,
+        done INTEGER NOT NULL DEFAULT 0,
+        cancel INTEGER NOT NULL DEFAULT 0,
+        events INTEGER NOT NULL DEFAULT 0,
+        last_seq INTEGER NOT NULL DEFAULT -1,
+        updated_at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS runs_updated_at ON runs (updated_at)",
+    """
+    CREATE TABLE IF NOT EXISTS run_events (
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    ) WITHOUT ROWID
+    """,
+)
+
 _VALID_SYNCHRONOUS = ("FULL", "EXTRA", "NORMAL")
 
 
@@ -151,6 +187,9 @@ class SQLiteStore:
         purge_batch: int = 500,
         purge_max_batches: int = 200,
         usage_days: int = 400,
+        run_ttl_seconds: float = RUN_TTL_SECONDS,
+        run_max_events: int = RUN_MAX_EVENTS,
+        run_max_runs: int = RUN_MAX_RUNS,
     ) -> None:
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be > 0")
@@ -172,6 +211,9 @@ class SQLiteStore:
         self.purge_batch = purge_batch
         self.purge_max_batches = purge_max_batches
         self.usage_days = usage_days
+        self.run_ttl = float(run_ttl_seconds)
+        self.run_max_events = run_max_events
+        self.run_max_runs = run_max_runs
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._slots: asyncio.Semaphore | None = None
         self._closing = False
@@ -285,6 +327,10 @@ class SQLiteStore:
             excess -= n
             if n == 0:
                 break
+        while budget > 0:
+            budget -= 1
+            if await self._call(self._purge_runs_sync, now - self.run_ttl) < self.purge_batch:
+                break
         return dropped
 
     async def claim_idempotency_key(self, key: str, response_id: str, now: float) -> str | None:
@@ -323,6 +369,23 @@ class SQLiteStore:
 
     async def delete_item(self, conversation_id: str, item_id: str, now: float) -> bool:
         return await self._call(self._delete_item_sync, conversation_id, item_id, float(now))
+
+    # ------------------------------------------------------------------ background run logs
+
+    async def run_start(self, run_id: str, owner: str | None, snapshot: bytes, now: float) -> None:
+        await self._call(self._run_start_sync, run_id, owner, bytes(snapshot), float(now))
+
+    async def run_append(self, run_id: str, events: Sequence[RunEvent], now: float) -> bool:
+        return await self._call(self._run_append_sync, run_id, list(events), float(now))
+
+    async def run_read(self, run_id: str, after: int, limit: int) -> RunLog | None:
+        return await self._call(self._run_read_sync, run_id, int(after), int(limit))
+
+    async def run_finish(self, run_id: str, now: float) -> None:
+        await self._call(self._run_finish_sync, run_id, float(now))
+
+    async def run_cancel(self, run_id: str) -> bool:
+        return await self._call(self._run_cancel_sync, run_id)
 
     # ------------------------------------------------------------------ event-loop side plumbing
 
@@ -376,7 +439,7 @@ class SQLiteStore:
         )
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = self._enable_wal(conn)
             if str(mode).lower() != "wal" and self.path != ":memory:":
                 raise StoreError(f"SQLite store could not enable WAL (journal_mode={mode}).")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
@@ -396,6 +459,19 @@ class SQLiteStore:
         self._conn = conn
         self._fast = fast
 
+    def _enable_wal(self, conn: sqlite3.Connection) -> str:
+        """``journal_mode = WAL``, retried: switching a new file to WAL takes an exclusive lock
+        for which SQLite does not call the busy handler, so processes opening one file at once
+        (``--workers N`` starting) get "database is locked" at once. Bounded by the busy timeout."""
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000.0
+        while True:
+            try:
+                return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
+
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -413,6 +489,9 @@ class SQLiteStore:
                     conn.execute(statement)
             if version < 3:
                 for statement in _SCHEMA_V3:
+                    conn.execute(statement)
+            if version < 4:
+                for statement in _SCHEMA_V4:
                     conn.execute(statement)
             # Future migrations go here, each `if version < N:` step inside this same transaction.
             if version != SCHEMA_VERSION:
@@ -816,3 +895,99 @@ class SQLiteStore:
             conn.execute("DELETE FROM usage WHERE date < ?", (keep_from,))
 
         self._write(write, fast=True)
+
+    # -- the run log (worker thread)
+
+    def _run_start_sync(self, run_id: str, owner: str | None, snapshot: bytes, now: float) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM run_events WHERE run_id = ?", (run_id,))
+            conn.execute(
+                "INSERT OR REPLACE INTO runs (id, owner, snapshot, updated_at) VALUES (?, ?, ?, ?)",
+                (run_id, owner, snapshot, now),
+            )
+
+        self._write(write)
+
+    def _run_append_sync(self, run_id: str, events: list[RunEvent], now: float) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT events, last_seq, cancel FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                return False
+            count, last = int(row[0]), int(row[1])
+            fresh = [e for e in events if e[0] > last][: max(0, self.run_max_events - count)]
+            if fresh:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO run_events (run_id, seq, type, data) VALUES (?, ?, ?, ?)",
+                    [(run_id, seq, kind, data) for seq, kind, data in fresh],
+                )
+                last = fresh[-1][0]
+            conn.execute(
+                "UPDATE runs SET events = ?, last_seq = ?, updated_at = ? WHERE id = ?",
+                (count + len(fresh), last, now, run_id),
+            )
+            return bool(row[2])
+
+        return self._write(write)
+
+    def _run_read_sync(self, run_id: str, after: int, limit: int) -> RunLog | None:
+        db = self._db()
+        # The state first: events appended before it was read are all there (see base).
+        row = db.execute(
+            "SELECT owner, snapshot, done, cancel, updated_at FROM runs WHERE id = ?", (run_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        rows = db.execute(
+            "SELECT seq, type, data FROM run_events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (run_id, after, max(0, limit)),
+        ).fetchall()
+        return RunLog(
+            owner=row[0],
+            snapshot=bytes(row[1]),
+            done=bool(row[2]),
+            cancel_requested=bool(row[3]),
+            updated_at=float(row[4]),
+            events=[(int(seq), str(kind), bytes(data)) for seq, kind, data in rows],
+        )
+
+    def _run_finish_sync(self, run_id: str, now: float) -> None:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE runs SET done = 1, updated_at = ? WHERE id = ?", (now, run_id))
+
+        self._write(write)
+
+    def _run_cancel_sync(self, run_id: str) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            return (
+                conn.execute("UPDATE runs SET cancel = 1 WHERE id = ? AND done = 0", (run_id,)).rowcount > 0
+            )
+
+        return self._write(write)
+
+    def _purge_runs_sync(self, cutoff: float) -> int:
+        """One batch of runs whose owner has not written since ``cutoff``, or beyond
+        ``run_max_runs`` (oldest first), with their events."""
+
+        def write(conn: sqlite3.Connection) -> int:
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM runs WHERE updated_at < ? ORDER BY updated_at LIMIT ?",
+                    (cutoff, self.purge_batch),
+                )
+            ]
+            if len(ids) < self.purge_batch:  # then the oldest beyond the bound on runs
+                ids += [
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT id FROM runs ORDER BY updated_at DESC LIMIT ? OFFSET ?",
+                        (self.purge_batch - len(ids), self.run_max_runs),
+                    )
+                    if r[0] not in ids
+                ]
+            for run_id in ids:
+                conn.execute("DELETE FROM run_events WHERE run_id = ?", (run_id,))
+                conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+            return len(ids)
+
+        return self._write(write)
