@@ -149,6 +149,9 @@ class WSSession:
         self._busy = 0
         self._since = 0.0
         self._stuck_timer: asyncio.TimerHandle | None = None
+        # -- upstream WebSocket (wsproxy.service.ws_upstream): one socket per lane --
+        upstreams = getattr(runtime, "ws_upstream", None)
+        self.upstreams = upstreams.session() if upstreams is not None else None
 
     def wakeup(self, reason: str) -> None:
         wake = self._wake
@@ -282,6 +285,8 @@ class WSSession:
             for task in (reader, *self.tasks):
                 task.cancel()
             await asyncio.gather(reader, *self.tasks, return_exceptions=True)
+            if self.upstreams is not None:
+                await self.upstreams.aclose()  # upstream WebSockets close with the session
             writer = self.writer_task
             if writer is not None:
                 await self._stop_writer(writer)
@@ -435,7 +440,8 @@ class WSSession:
                 request, self.principal, cache=lambda rid: self.rules.lookup(rid, lane)
             )
             tracker = ResponseTracker(runtime, run, "ws")
-            events = runtime.engine.events(run)
+            upstream = self.upstreams.lane(lane) if self.upstreams is not None else None
+            events = runtime.engine.events(run, upstream)
             async for event in events:
                 await self.send(ws_event_text(event, lane), event.more)
                 tracker.saw(event)

@@ -20,7 +20,9 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
+
+import orjson
 
 from wsproxy.core.events import Event, ResponseBuilder, output_text, usage_object
 from wsproxy.core.ids import random_id
@@ -30,6 +32,7 @@ from wsproxy.errors import ProxyError, previous_response_not_found
 from wsproxy.policy.routing import Router, Target
 from wsproxy.store.base import ResponseStore, StoredResponse
 from wsproxy.upstream.base import Provider
+from wsproxy.upstream.websocket import UpgradeRefused
 
 log = logging.getLogger("wsproxy.service.engine")
 
@@ -49,6 +52,40 @@ COMPACTION_INSTRUCTIONS = (
 COMPACTION_PREFIX = "Summary of the conversation so far:\n"
 
 CacheLookup = Callable[[str], StoredResponse | None]
+
+# The events that carry the Response object (its previous_response_id is the client's).
+_RESPONSE_EVENTS = frozenset(
+    {"response.created", "response.queued", "response.in_progress", "response.completed",
+     "response.incomplete", "response.failed"}
+)  # fmt: skip
+
+
+class UpstreamRoute(Protocol):
+    """Another way to a provider for some responses (WebSocket mode: an upstream WebSocket per
+    client lane, ``wsproxy.service.ws_upstream``). ``stream`` answers None for "use HTTP"; its
+    stream raises ``UpgradeRefused`` before its first event to fall back to HTTP."""
+
+    def stream(
+        self, run: ResponseRun, target: Target, provider: Provider
+    ) -> AsyncGenerator[Event, None] | None: ...
+
+
+def with_previous(event: Event, previous_response_id: str) -> Event:
+    """``event`` with ``response.previous_response_id`` set to what the client asked for (the
+    upstream saw an expanded history instead, or dropped it). Only the few events that carry the
+    Response object are re-encoded, and only when they differ."""
+    if event.type not in _RESPONSE_EVENTS:
+        return event
+    if b'"previous_response_id":' + orjson.dumps(previous_response_id) in event.data:
+        return event
+    payload = event.json()
+    response = payload.get("response")
+    if not isinstance(response, dict):
+        return event
+    response["previous_response_id"] = previous_response_id
+    patched = Event(event.type, orjson.dumps(payload), event.seq)
+    patched.more = event.more
+    return patched
 
 
 def with_item_ids(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -221,22 +258,32 @@ class Engine:
 
     # -- running ------------------------------------------------------------------------------
 
-    async def events(self, run: ResponseRun) -> AsyncIterator[Event]:
+    async def events(self, run: ResponseRun, upstream: UpstreamRoute | None = None) -> AsyncIterator[Event]:
+        """The events of ``run``. ``upstream``: the WebSocket-mode route for the session's lane
+        (the provider's own WebSocket), tried first for every target it takes."""
         if not run.request.generate:
+            target = run.targets[0]
+            opened = await self._via(run, target, self.providers[target.provider], upstream)
+            if opened is not None:
+                # The warm-up goes to the provider, which prepares its state on that socket.
+                run.provider_used = target.provider
+                async for event in self._guarded(run, *opened):
+                    yield event
+                return
             async for event in self._warmup(run):
                 yield event
             return
         last_error: ProxyError | None = None
         for index, target in enumerate(run.targets):
             provider = self.providers[target.provider]
-            call = self._call_for(run, target, provider)
-            stream = provider.stream(call, run.response_id, run.created_at)
             try:
-                first = await anext(stream)
-            except StopAsyncIteration:
-                first = None
+                opened = await self._via(run, target, provider, upstream)
+                if opened is None:
+                    call = self._call_for(run, target, provider)
+                    stream = provider.stream(call, run.response_id, run.created_at)
+                    opened = stream, await self._first(stream)
+                stream, first = opened
             except ProxyError as exc:
-                await stream.aclose()
                 last_error = exc
                 if exc.retryable and index + 1 < len(run.targets):
                     log.warning("provider %s failed before output (%r); falling back", target, exc)
@@ -249,12 +296,39 @@ class Engine:
         assert last_error is not None
         raise last_error
 
+    async def _first(self, stream: AsyncGenerator[Event, None]) -> Event | None:
+        """The first event of ``stream`` (closed when that raises)."""
+        try:
+            return await anext(stream)
+        except StopAsyncIteration:
+            return None
+        except BaseException:
+            await stream.aclose()
+            raise
+
+    async def _via(
+        self, run: ResponseRun, target: Target, provider: Provider, upstream: UpstreamRoute | None
+    ) -> tuple[AsyncGenerator[Event, None], Event | None] | None:
+        """The upstream route's stream and its first event; None for the HTTP path (no route,
+        or the provider refused the upgrade)."""
+        if upstream is None:
+            return None
+        stream = upstream.stream(run, target, provider)
+        if stream is None:
+            return None
+        try:
+            return stream, await self._first(stream)
+        except UpgradeRefused:
+            return None
+
     async def _guarded(
         self, run: ResponseRun, stream: AsyncGenerator[Event, None], first: Event | None
     ) -> AsyncIterator[Event]:
-        """Forward a provider's events; make sure exactly one terminal event ends them."""
+        """Forward a provider's events; make sure exactly one terminal event ends them, and that
+        the Response carries the ``previous_response_id`` the client asked for."""
         last_seq = -1
         pending = first
+        want = run.request.previous_response_id
         try:
             while True:
                 if pending is None:
@@ -263,6 +337,8 @@ class Engine:
                     except StopAsyncIteration:
                         break
                 event, pending = pending, None
+                if want:
+                    event = with_previous(event, want)
                 last_seq = event.seq
                 if event.terminal:
                     await self._finish(run, event)

@@ -23,6 +23,7 @@ from wsproxy.policy.ratelimit import RateLimiter
 from wsproxy.policy.routing import Router
 from wsproxy.service.engine import Engine
 from wsproxy.service.runs import BackgroundRegistry
+from wsproxy.service.ws_upstream import UpstreamSockets
 from wsproxy.settings import ProviderSettings, Settings
 from wsproxy.store.base import ResponseStore
 from wsproxy.store.factory import make_store
@@ -92,6 +93,8 @@ class Runtime:
     # Open WebSocket sessions: the drain waits for them to send their 1001 close.
     sessions: int = 0
     sessions_closed: asyncio.Event = field(default_factory=asyncio.Event)
+    # WebSocket mode over upstream WebSockets (kind = "openai"); made by open_runtime.
+    ws_upstream: UpstreamSockets | None = None
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         """A task owned by the runtime: kept, and cancelled at close."""
@@ -163,6 +166,8 @@ class Runtime:
             task.cancel()
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.ws_upstream is not None:
+            await self.ws_upstream.aclose()
         for provider in self.providers.values():
             await provider.aclose()
         await self.store.close()
@@ -197,6 +202,7 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str] | None = N
         limiter=RateLimiter(settings.limits.rate_limit_rpm),
         metrics=metrics,
         providers=providers,
+        ws_upstream=UpstreamSockets(settings, providers, metrics),
     )
     runtime.drained.set()
     runtime.sessions_closed.set()
