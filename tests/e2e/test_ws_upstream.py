@@ -115,6 +115,9 @@ def test_store_false_continuation_sends_only_new_input(ws_proxy, ws_fake) -> Non
     assert sock["headers"]["x-extra"] == "yes"
     # Closed with the client session.
     assert ws_fake.wait(lambda: ws_fake.accepted()[0]["closed"], 5.0)
+    counters = proxy.app.state.runtime.metrics.counters
+    assert counters[("wsproxy_upstream_ws_opened_total", (("provider", "up"),))] == 1
+    assert counters[("wsproxy_responses_total", (("provider", "up"),))] == 3
 
 
 def test_warmup_goes_upstream_then_continues(ws_proxy, ws_fake) -> None:
@@ -184,6 +187,8 @@ def test_refused_upgrade_falls_back_to_http_and_is_remembered(ws_proxy, ws_fake)
     body = ws_fake.requests[-1]["body"]
     assert "previous_response_id" not in body
     assert [i.get("role") for i in body["input"]] == ["user", "assistant", "user"]
+    counters = proxy.app.state.runtime.metrics.counters
+    assert counters[("wsproxy_upstream_ws_refused_total", (("provider", "up"),))] == 1
     # Remembered: the next session does not try the upgrade again.
     with client(proxy).responses.connect() as conn:
         conn.response.create(model="up@fake", input="three", store=False)

@@ -118,9 +118,9 @@ class UpstreamSockets:
         lane.close()
         self.lanes.discard(lane)
 
-    def _count(self, name: str, provider: str) -> None:
+    def _count(self, name: str, provider: str, value: float = 1.0) -> None:
         if self.metrics is not None:
-            self.metrics.inc(name, provider=provider)
+            self.metrics.inc(name, value, provider=provider)
 
     async def aclose(self) -> None:
         for lane in list(self.lanes):
@@ -161,9 +161,10 @@ class SessionUpstreams:
         opened = lane.opened
         try:
             async with contextlib.aclosing(lane.stream(turn, run.response_id, run.created_at)) as events:
-                if lane.opened != opened:
-                    self.owner._count("wsproxy_upstream_ws_opened_total", key[1])
                 async for event in events:
+                    if lane.opened != opened:
+                        self.owner._count("wsproxy_upstream_ws_opened_total", key[1], lane.opened - opened)
+                        opened = lane.opened
                     yield event
         except UpgradeRefused as exc:
             self._forget(key, lane)

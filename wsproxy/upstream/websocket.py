@@ -35,6 +35,7 @@ import collections
 import contextlib
 import logging
 import os
+import socket
 import ssl
 import time
 from collections.abc import AsyncGenerator, Mapping
@@ -163,6 +164,11 @@ class UpstreamSocket(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Frames are small and latency matters: no Nagle delay behind an unacked frame.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
         ws = self.ws
