@@ -32,7 +32,7 @@ from wsproxy.errors import ProxyError, previous_response_not_found
 from wsproxy.policy.routing import Router, Target
 from wsproxy.store.base import ResponseStore, StoredResponse
 from wsproxy.upstream.base import Provider
-from wsproxy.upstream.websocket import UpgradeRefused
+from wsproxy.upstream.websocket import WebSocketUnavailable
 
 log = logging.getLogger("wsproxy.service.engine")
 
@@ -63,7 +63,7 @@ _RESPONSE_EVENTS = frozenset(
 class UpstreamRoute(Protocol):
     """Another way to a provider for some responses (WebSocket mode: an upstream WebSocket per
     client lane, ``wsproxy.service.ws_upstream``). ``stream`` answers None for "use HTTP"; its
-    stream raises ``UpgradeRefused`` before its first event to fall back to HTTP."""
+    stream raises ``WebSocketUnavailable`` before its first event to fall back to HTTP."""
 
     def stream(
         self, run: ResponseRun, target: Target, provider: Provider
@@ -310,7 +310,7 @@ class Engine:
         self, run: ResponseRun, target: Target, provider: Provider, upstream: UpstreamRoute | None
     ) -> tuple[AsyncGenerator[Event, None], Event | None] | None:
         """The upstream route's stream and its first event; None for the HTTP path (no route,
-        or the provider refused the upgrade)."""
+        or no socket: the provider refused the upgrade or could not be reached)."""
         if upstream is None:
             return None
         stream = upstream.stream(run, target, provider)
@@ -318,8 +318,8 @@ class Engine:
             return None
         try:
             return stream, await self._first(stream)
-        except UpgradeRefused:
-            return None
+        except WebSocketUnavailable:
+            return None  # no socket (refused, unreachable): this response goes over HTTP
 
     async def _guarded(
         self, run: ResponseRun, stream: AsyncGenerator[Event, None], first: Event | None

@@ -33,7 +33,13 @@ from wsproxy.service.engine import ResponseRun
 from wsproxy.settings import ProviderSettings, Settings
 from wsproxy.upstream.base import Provider
 from wsproxy.upstream.pool import ssl_context
-from wsproxy.upstream.websocket import Turn, UpgradeRefused, UpstreamLane, websocket_url
+from wsproxy.upstream.websocket import (
+    Turn,
+    UpgradeRefused,
+    UpstreamLane,
+    WebSocketUnavailable,
+    websocket_url,
+)
 
 log = logging.getLogger("wsproxy.service.ws_upstream")
 
@@ -166,13 +172,14 @@ class SessionUpstreams:
                         self.owner._count("wsproxy_upstream_ws_opened_total", key[1], lane.opened - opened)
                         opened = lane.opened
                     yield event
-        except UpgradeRefused as exc:
+        except WebSocketUnavailable as exc:
+            # No socket, nothing sent. "auto": this response goes over HTTP (with its retries),
+            # and a refusal keeps the provider's sessions on HTTP for a while.
             self._forget(key, lane)
             if always:
-                raise UpstreamUnavailable(
-                    f"Provider '{key[1]}' refused the WebSocket upgrade (HTTP {exc.upstream_status})."
-                ) from None
-            self.owner.refused(key[1], exc.upstream_status)
+                raise UpstreamUnavailable(exc.message, status=exc.status) from None
+            if isinstance(exc, UpgradeRefused):
+                self.owner.refused(key[1], exc.upstream_status)
             raise
 
     def _forget(self, key: tuple[str | None, str], lane: UpstreamLane) -> None:

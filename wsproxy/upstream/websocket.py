@@ -76,7 +76,14 @@ _NOT_SENT = frozenset(
 _FIRST_TYPES = frozenset({"response.created", "response.queued"})
 
 
-class UpgradeRefused(UpstreamError):
+class WebSocketUnavailable(UpstreamError):
+    """No upstream socket could be opened (unreachable, timed out, refused): nothing was sent,
+    and the response may go over HTTP instead."""
+
+    retryable = True
+
+
+class UpgradeRefused(WebSocketUnavailable):
     """The provider answered the upgrade with something else than 101."""
 
     def __init__(self, provider: str, status: int, body: bytes = b"") -> None:
@@ -147,10 +154,12 @@ class UpstreamSocket(asyncio.Protocol):
                 response = await self._handshake
         except TimeoutError:
             self.abort()
-            raise UpstreamTimeout(f"Provider '{self.name}' did not answer the WebSocket upgrade.") from None
+            raise WebSocketUnavailable(
+                f"Provider '{self.name}' did not answer the WebSocket upgrade.", status=504
+            ) from None
         except OSError as exc:
             self.abort()
-            raise UpstreamUnavailable(f"Provider '{self.name}' is unreachable: {exc}.") from None
+            raise WebSocketUnavailable(f"Provider '{self.name}' is unreachable: {exc}.") from None
         failed = self.ws.handshake_exc
         if failed is not None:
             self.abort()
@@ -434,9 +443,9 @@ class UpstreamLane:
         return sock.holds == prev or turn.provider_stores_previous or turn.expanded_input is None
 
     async def stream(self, turn: Turn, response_id: str, created_at: int) -> AsyncGenerator[Event, None]:
-        """Run one response. Raises ``ProxyError`` only before its first event (an upgrade
-        refusal is :class:`UpgradeRefused`); after it, any failure ends the stream with one
-        ``response.failed``."""
+        """Run one response. Raises ``ProxyError`` only before its first event (no socket:
+        :class:`WebSocketUnavailable`, a refused upgrade :class:`UpgradeRefused`); after it,
+        any failure ends the stream with one ``response.failed``."""
         sock = await self._socket()
         expand = not self._short_ok(turn, sock)
         retries = 0
