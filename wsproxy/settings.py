@@ -26,6 +26,10 @@ from dataclasses import dataclass, field
 from typing import Any, get_type_hints
 
 PROVIDER_KINDS = ("openai", "chat_completions", "anthropic", "gemini", "local")
+# kind = "openai": how WebSocket-mode client sessions reach the provider (README, "Upstream
+# WebSocket"): "auto" tries an upstream WebSocket and falls back to HTTP when it is refused,
+# "always" requires it (a refusal is an error), "never" uses HTTP.
+WEBSOCKET_MODES = ("auto", "always", "never")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,13 @@ class ProviderSettings:
     # Local model only: seconds between tokens, and the first-token delay.
     token_delay: float = 0.02
     prefill_delay: float = 0.0
+    # kind = "openai" only: WebSocket-mode sessions over an upstream WebSocket (WEBSOCKET_MODES).
+    websocket: str = "auto"
+    # A refused upgrade ("auto") sends this provider's sessions over HTTP for this many seconds.
+    websocket_refusal_ttl: float = 300.0
+    # An upstream socket older than this is replaced before its next response (OpenAI closes
+    # sockets at 60 minutes).
+    websocket_max_age: float = 3300.0
 
     def key(self, environ: Mapping[str, str]) -> str | None:
         if self.api_key:
@@ -116,6 +127,10 @@ class LimitSettings:
     # Requests per minute per principal (0 = unlimited), with a burst of the same size.
     rate_limit_rpm: int = 0
     max_concurrent_responses: int = 10_000
+    # Upstream WebSockets (one per client lane, kind = "openai"): at most this many per client
+    # session and in total; a lane past either bound is carried over HTTP instead.
+    upstream_ws_per_session: int = 33
+    upstream_ws_total: int = 4096
     shutdown_grace: float = 30.0
     # Response creations per minute per client address when auth is off (0 = unlimited).
     ip_rpm: int = 0
@@ -247,6 +262,10 @@ def _provider(name: str, data: Mapping[str, Any]) -> ProviderSettings:
     if kind != "local" and not data.get("base_url"):
         raise SettingsError(f"providers.{name}.base_url is required for kind {kind!r}")
     data["base_url"] = str(data.get("base_url", "")).rstrip("/")
+    if data.get("websocket", "auto") not in WEBSOCKET_MODES:
+        raise SettingsError(
+            f"providers.{name}.websocket must be one of {WEBSOCKET_MODES}, not {data.get('websocket')!r}"
+        )
     return _section(ProviderSettings, {"name": name, **data}, {}, f"providers.{name}.")  # type: ignore[no-any-return]
 
 

@@ -153,6 +153,11 @@ class RawUpstream:
             name, _, value = line.partition(b":")
             if name.strip().lower() == b"content-length":
                 length = int(value.strip())
+        if head.startswith(b"GET"):
+            # A WebSocket upgrade: this provider speaks HTTP only.
+            writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            writer.close()
+            return
         body = rest + await reader.readexactly(length - len(rest))
         record = self._record(orjson.loads(body), "1.1")
         model = record["model"]

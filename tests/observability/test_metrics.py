@@ -95,3 +95,21 @@ def test_workers_values_merge(tmp_path: Path) -> None:
     text = Metrics(multiprocess_dir=str(tmp_path)).render().decode()
     assert sample(text, 'wsproxy_errors_total{code="server_error"}') == 7
     assert sample(text, 'wsproxy_response_duration_seconds_count{provider="local"}') == 2
+
+
+def test_every_metric_the_code_names_is_declared() -> None:
+    """A metric name written anywhere in wsproxy (``metrics.inc("wsproxy_...")``, a helper that
+    passes one on) is declared, so no call site can raise KeyError at run time."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "wsproxy"
+    named: set[str] = set()
+    for path in root.rglob("*.py"):
+        if path.name == "metrics.py" and path.parent.name == "observability":
+            continue
+        named.update(re.findall(r'"(wsproxy_[a-z_]+)"', path.read_text()))
+    # Not metrics: ASGI scope keys and config attributes that share the prefix.
+    named -= {"wsproxy_deflate"}
+    assert named, "the scan found no metric names"
+    assert named <= set(DEFINITIONS), sorted(named - set(DEFINITIONS))

@@ -164,6 +164,9 @@ class WSSession:
         self._busy = 0
         self._since = 0.0
         self._stuck_timer: asyncio.TimerHandle | None = None
+        # -- upstream WebSocket (wsproxy.service.ws_upstream): one socket per lane --
+        upstreams = getattr(runtime, "ws_upstream", None)
+        self.upstreams = upstreams.session() if upstreams is not None else None
 
     def wakeup(self, reason: str) -> None:
         wake = self._wake
@@ -305,6 +308,8 @@ class WSSession:
             for task in (reader, *self.tasks):
                 task.cancel()
             await asyncio.gather(reader, *self.tasks, return_exceptions=True)
+            if self.upstreams is not None:
+                await self.upstreams.aclose()  # upstream WebSockets close with the session
             writer = self.writer_task
             if writer is not None:
                 await self._stop_writer(writer)
@@ -473,7 +478,8 @@ class WSSession:
             # Tenancy hook: scopes, limits (a 429 is an error event), usage, response cache.
             run.gate = runtime.tenancy.gate_for(self.identity, self.ws.scope.get("client"), self.ws.headers)
             tracker = ResponseTracker(runtime, run, "ws")
-            events = runtime.engine.events(run)
+            upstream = self.upstreams.lane(lane) if self.upstreams is not None else None
+            events = runtime.engine.events(run, upstream)
             async for event in events:
                 await self.send(ws_event_text(event, lane), event.more)
                 tracker.saw(event)

@@ -121,6 +121,17 @@ DEFINITIONS: dict[str, Definition] = {
         "target of a fallback chain (reason: fallback).",
         ("provider", "reason"),
     ),
+    "wsproxy_upstream_ws_opened_total": Definition(
+        "counter", "Upstream WebSockets opened for WebSocket-mode sessions.", ("provider",)
+    ),
+    "wsproxy_upstream_ws_refused_total": Definition(
+        "counter", "Upstream WebSocket upgrades the provider refused (then HTTP is used).", ("provider",)
+    ),
+    "wsproxy_upstream_ws_over_limit_total": Definition(
+        "counter",
+        "Lanes sent over HTTP because the upstream WebSocket bounds were reached.",
+        ("provider",),
+    ),
     # Gauges
     "wsproxy_ws_sessions": Definition("gauge", "Open WebSocket sessions."),
     "wsproxy_active_responses": Definition("gauge", "Responses being streamed to clients."),
@@ -176,6 +187,12 @@ class Metrics:
 
     def observe(self, name: str, seconds: float, **labels: str) -> None:
         self._child(name, labels).observe(seconds)
+
+    def value(self, name: str, **labels: str) -> float:
+        """This process's current value of one series (0 when it has none): for tests and
+        introspection, not the exposition."""
+        found = self.registry.get_sample_value(name, labels)
+        return 0.0 if found is None else found
 
     def time_to_headers(self, provider: str, seconds: float) -> None:
         self.observe("wsproxy_upstream_time_to_headers_seconds", seconds, provider=provider)

@@ -22,6 +22,8 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 from wsproxy.core.events import Event, ResponseBuilder, output_text, usage_object
 from wsproxy.core.ids import random_id
 from wsproxy.core.request import CreateRequest, parse_create
@@ -33,6 +35,7 @@ from wsproxy.policy.routing import Router, Target
 from wsproxy.service.conversations import HISTORY_LEN, Conversations, tag_conversation
 from wsproxy.store.base import ResponseStore, StoredResponse
 from wsproxy.upstream.base import Provider
+from wsproxy.upstream.websocket import WebSocketUnavailable
 
 log = logging.getLogger("wsproxy.service.engine")
 
@@ -52,6 +55,40 @@ COMPACTION_INSTRUCTIONS = (
 COMPACTION_PREFIX = "Summary of the conversation so far:\n"
 
 CacheLookup = Callable[[str], StoredResponse | None]
+
+# The events that carry the Response object (its previous_response_id is the client's).
+_RESPONSE_EVENTS = frozenset(
+    {"response.created", "response.queued", "response.in_progress", "response.completed",
+     "response.incomplete", "response.failed"}
+)  # fmt: skip
+
+
+class UpstreamRoute(Protocol):
+    """Another way to a provider for some responses (WebSocket mode: an upstream WebSocket per
+    client lane, ``wsproxy.service.ws_upstream``). ``stream`` answers None for "use HTTP"; its
+    stream raises ``WebSocketUnavailable`` before its first event to fall back to HTTP."""
+
+    def stream(
+        self, run: ResponseRun, target: Target, provider: Provider
+    ) -> AsyncGenerator[Event, None] | None: ...
+
+
+def with_previous(event: Event, previous_response_id: str) -> Event:
+    """``event`` with ``response.previous_response_id`` set to what the client asked for (the
+    upstream saw an expanded history instead, or dropped it). Only the few events that carry the
+    Response object are re-encoded, and only when they differ."""
+    if event.type not in _RESPONSE_EVENTS:
+        return event
+    if b'"previous_response_id":' + orjson.dumps(previous_response_id) in event.data:
+        return event
+    payload = event.json()
+    response = payload.get("response")
+    if not isinstance(response, dict):
+        return event
+    response["previous_response_id"] = previous_response_id
+    patched = Event(event.type, orjson.dumps(payload), event.seq)
+    patched.more = event.more
+    return patched
 
 
 class RunGate(Protocol):
@@ -265,17 +302,21 @@ class Engine:
 
     # -- running ------------------------------------------------------------------------------
 
-    def events(self, run: ResponseRun) -> AsyncIterator[Event]:
-        """The response's events, ending with exactly one terminal event."""
+    def events(self, run: ResponseRun, upstream: UpstreamRoute | None = None) -> AsyncIterator[Event]:
+        """The response's events, ending with exactly one terminal event. ``upstream``: the
+        WebSocket-mode route for the session's lane (the provider's own WebSocket), tried first
+        for every target it takes."""
         # Without tracing no wrapper: one generator hop less per event.
-        return self._events(run) if self.tracing is None else self._traced(run)
+        if self.tracing is None:
+            return self._events(run, upstream)
+        return self._traced(run, upstream)
 
-    async def _traced(self, run: ResponseRun) -> AsyncIterator[Event]:
+    async def _traced(self, run: ResponseRun, upstream: UpstreamRoute | None) -> AsyncIterator[Event]:
         assert self.tracing is not None
         run.trace = self.tracing.response(run.traceparent, **{"wsproxy.model": run.request.model})
         error: str | None = "ended before its terminal event"
         try:
-            async for event in self._events(run):
+            async for event in self._events(run, upstream):
                 yield event
             error = None if run.status in ("completed", "incomplete") else f"status {run.status}"
         except ProxyError as exc:
@@ -292,7 +333,7 @@ class Engine:
             )
             run.trace.end(error)
 
-    async def _events(self, run: ResponseRun) -> AsyncIterator[Event]:
+    async def _events(self, run: ResponseRun, upstream: UpstreamRoute | None) -> AsyncIterator[Event]:
         gate = run.gate
         try:
             if gate is not None:
@@ -307,22 +348,30 @@ class Engine:
                         yield event
                     return
             if not run.request.generate:
+                target = run.targets[0]
+                opened = await self._via(run, target, self.providers[target.provider], upstream)
+                if opened is not None:
+                    # The warm-up goes to the provider, which prepares its state on that socket.
+                    run.provider_used = target.provider
+                    async for event in self._guarded(run, *opened):
+                        yield event
+                    return
                 async for event in self._warmup(run):
                     yield event
                 return
             last_error: ProxyError | None = None
             for index, target in enumerate(run.targets):
                 provider = self.providers[target.provider]
-                call = self._call_for(run, target, provider)
-                stream = provider.stream(call, run.response_id, run.created_at)
-                if run.request.conversation is not None:
-                    stream = tag_conversation(stream, run.request.conversation)
                 try:
-                    first = await anext(stream)
-                except StopAsyncIteration:
-                    first = None
+                    opened = await self._via(run, target, provider, upstream)
+                    if opened is None:
+                        call = self._call_for(run, target, provider)
+                        stream = provider.stream(call, run.response_id, run.created_at)
+                        if run.request.conversation is not None:
+                            stream = tag_conversation(stream, run.request.conversation)
+                        opened = stream, await self._first(stream)
+                    stream, first = opened
                 except ProxyError as exc:
-                    await stream.aclose()
                     last_error = exc
                     if exc.retryable and index + 1 < len(run.targets):
                         log.warning("provider %s failed before output (%r); falling back", target, exc)
@@ -341,12 +390,40 @@ class Engine:
             if gate is not None:
                 gate.end(run)
 
+    async def _first(self, stream: AsyncGenerator[Event, None]) -> Event | None:
+        """The first event of ``stream`` (closed when that raises)."""
+        try:
+            return await anext(stream)
+        except StopAsyncIteration:
+            return None
+        except BaseException:
+            await stream.aclose()
+            raise
+
+    async def _via(
+        self, run: ResponseRun, target: Target, provider: Provider, upstream: UpstreamRoute | None
+    ) -> tuple[AsyncGenerator[Event, None], Event | None] | None:
+        """The upstream route's stream and its first event; None for the HTTP path (no route,
+        or no socket: the provider refused the upgrade or could not be reached)."""
+        if upstream is None or run.request.conversation is not None:
+            # A conversation turn carries its history from wsproxy's store: over HTTP.
+            return None
+        stream = upstream.stream(run, target, provider)
+        if stream is None:
+            return None
+        try:
+            return stream, await self._first(stream)
+        except WebSocketUnavailable:
+            return None  # no socket (refused, unreachable): this response goes over HTTP
+
     async def _guarded(
         self, run: ResponseRun, stream: AsyncGenerator[Event, None], first: Event | None
     ) -> AsyncIterator[Event]:
-        """Forward a provider's events; make sure exactly one terminal event ends them."""
+        """Forward a provider's events; make sure exactly one terminal event ends them, and that
+        the Response carries the ``previous_response_id`` the client asked for."""
         last_seq = -1
         pending = first
+        want = run.request.previous_response_id
         try:
             while True:
                 if pending is None:
@@ -355,6 +432,8 @@ class Engine:
                     except StopAsyncIteration:
                         break
                 event, pending = pending, None
+                if want:
+                    event = with_previous(event, want)
                 last_seq = event.seq
                 if not run.first_token_at and event.type.endswith(".delta"):
                     run.first_token_at = time.monotonic()

@@ -27,6 +27,7 @@ from wsproxy.service.conversations import Conversations
 from wsproxy.service.engine import Engine
 from wsproxy.service.runs import BackgroundRegistry
 from wsproxy.service.tenancy import Tenancy, keyring_from
+from wsproxy.service.ws_upstream import UpstreamSockets
 from wsproxy.settings import ProviderSettings, Settings
 from wsproxy.store.base import ResponseStore
 from wsproxy.store.factory import make_store
@@ -104,6 +105,8 @@ class Runtime:
     sessions_closed: asyncio.Event = field(default_factory=asyncio.Event)
     # Signs client secrets (wsproxy.policy.client_secrets): from the settings, else random.
     client_secret_key: bytes = field(default=b"", repr=False)
+    # WebSocket mode over upstream WebSockets (kind = "openai"); made by open_runtime.
+    ws_upstream: UpstreamSockets | None = None
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         """A task owned by the runtime: kept, and cancelled at close."""
@@ -176,6 +179,8 @@ class Runtime:
             task.cancel()
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.ws_upstream is not None:
+            await self.ws_upstream.aclose()
         for provider in self.providers.values():
             await provider.aclose()
         await self.store.close()
@@ -232,6 +237,7 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str] | None = N
         ),
         # Background runs keep their event log in the store too: any worker can follow them.
         background=BackgroundRegistry(store),
+        ws_upstream=UpstreamSockets(settings, providers, metrics),
     )
     runtime.drained.set()
     runtime.sessions_closed.set()
