@@ -448,8 +448,12 @@ def test_request_settings_are_echoed_and_defaults_filled() -> None:
         "text": {"verbosity": "low"},
     }
     resp = builder(request).start()[0].json()["response"]
-    for key in ("instructions", "temperature", "top_p", "store", "metadata", "tools", "tool_choice"):
+    for key in ("instructions", "temperature", "top_p", "store", "metadata", "tool_choice"):
         assert resp[key] == request[key]
+    # Function tools are echoed with every key OpenAI's have (strict defaults to true).
+    assert resp["tools"] == [
+        {"type": "function", "name": "f", "parameters": {}, "description": None, "strict": True}
+    ]
     assert resp["previous_response_id"] == "resp_prev"
     assert resp["max_output_tokens"] == 100
     assert resp["parallel_tool_calls"] is False

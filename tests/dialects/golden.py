@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from tests.schema import validate_event
 from wsproxy.core.events import TERMINAL_TYPES, Event
 from wsproxy.core.ids import counter_ids
 from wsproxy.core.sse import SSEDecoder
@@ -95,6 +96,8 @@ def run(translator: StreamTranslator, chunks: Iterable[bytes]) -> list[Event]:
     for message in decoder.flush():
         events += translator.feed(message)
     events += translator.finish()
+    for event in events:
+        validate_event(event.json())  # every translated event matches the Open Responses schema
     return events
 
 

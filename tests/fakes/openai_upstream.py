@@ -107,15 +107,34 @@ class FakeOpenAI:
             "incomplete_details": None,
             "instructions": body.get("instructions"),
             "previous_response_id": body.get("previous_response_id"),
-            "tools": body.get("tools", []),
+            # OpenAI echoes function tools with every key (strict defaults to true).
+            "tools": [
+                {"description": None, "parameters": None, **t, "strict": t.get("strict", True)}
+                if t.get("type") == "function"
+                else t
+                for t in body.get("tools", [])
+            ],
             "tool_choice": body.get("tool_choice", "auto"),
             "store": body.get("store", True),
             "parallel_tool_calls": True,
-            "metadata": {},
+            "metadata": body.get("metadata") or {},
             "temperature": 1.0,
             "top_p": 1.0,
-            "text": {"format": {"type": "text"}},
+            "text": {"format": {"type": "text"}, "verbosity": "medium"},
             "truncation": "disabled",
+            # Every other key OpenAI's Response carries (Open Responses marks them required).
+            "completed_at": None,
+            "background": False,
+            "max_output_tokens": body.get("max_output_tokens"),
+            "max_tool_calls": None,
+            "reasoning": {"effort": None, "summary": None},
+            "service_tier": "default",
+            "top_logprobs": 0,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+            "safety_identifier": None,
+            "prompt_cache_key": body.get("prompt_cache_key"),
+            "user": None,
         }
         out: list[dict[str, Any]] = [
             {"type": "response.created", "response": dict(base)},

@@ -208,6 +208,7 @@ class Engine:
             {
                 "type": "message",
                 "role": "user",
+                "status": "completed",
                 "content": [{"type": "input_text", "text": f"{COMPACTION_PREFIX}{text}"}],
             }
         ]
