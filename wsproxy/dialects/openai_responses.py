@@ -41,6 +41,9 @@ _OUTPUT_EVENT_PREFIXES = (
 
 class OpenAIResponsesDialect:
     name = "openai"
+    # Of the provider-specific create parameters, the Responses API has only top_logprobs
+    # (stop, seed and logit_bias are Chat Completions parameters OpenAI refuses here).
+    supported_params = frozenset({"top_logprobs"})
 
     def build_request(self, call: UpstreamCall) -> UpstreamRequest:
         body = {k: v for k, v in call.body.items() if k not in _PROXY_ONLY}
