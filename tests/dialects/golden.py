@@ -165,7 +165,7 @@ def check_stream(events: list[dict[str, Any]]) -> None:
             field = _DELTA_DONE[delta_kind][1]
             assert e[field] == "".join(deltas.get((index, delta_kind, slot), [])), f"{kind} equals its deltas"
         elif kind == "response.function_call_arguments.done":
-            assert e["arguments"] == ("".join(args.get(index, [])) or "{}"), "arguments.done equals deltas"
+            assert e["arguments"] == "".join(args.get(index, [])), "arguments.done equals its deltas"
             assert e["name"] == added[index]["name"]
         elif kind == "response.output_item.done":
             item = e["item"]
@@ -188,7 +188,7 @@ def _check_item_text(
     args: dict[int, list[str]],
 ) -> None:
     if item["type"] == "function_call":
-        assert item["arguments"] == ("".join(args.get(index, [])) or "{}")
+        assert item["arguments"] == "".join(args.get(index, []))
         return
     for c, part in enumerate(item.get("content") or []):
         if part["type"] == "output_text":

@@ -401,7 +401,20 @@ class ResponseBuilder:
         it = item.item
         if it["type"] == "function_call":
             if not it["arguments"]:
-                it["arguments"] = "".join(item.buffer) or "{}"
+                it["arguments"] = "".join(item.buffer)
+                if not it["arguments"] and status == "completed":
+                    # A call without arguments: "{}" goes out as a delta too, so that the deltas
+                    # always add up to the arguments of the done event (as OpenAI streams it).
+                    # A call cut off (incomplete) keeps what it got: nothing.
+                    it["arguments"] = "{}"
+                    events.append(
+                        self._event(
+                            "response.function_call_arguments.delta",
+                            item_id=it["id"],
+                            output_index=item.index,
+                            delta="{}",
+                        )
+                    )
             events.append(
                 self._event(
                     "response.function_call_arguments.done",
