@@ -251,7 +251,10 @@ def test_a_history_that_starts_with_the_assistant_gets_a_user_turn_first() -> No
             "role": "assistant",
             "content": [{"type": "text", "text": "Looking at the repo."}, {"type": "text", "text": "Done."}],
         },
-        {"role": "user", "content": [{"type": "text", "text": "thanks"}, {"type": "text", "text": "and more"}]},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "thanks"}, {"type": "text", "text": "and more"}],
+        },
     ]
     assert rejected({"instructions": "only this"}, []).param == "input"
 
