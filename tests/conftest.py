@@ -11,8 +11,19 @@ import pytest
 from tests.fakes.openai_upstream import FakeOpenAI
 from tests.fakes.servers import HypercornThread, UvicornThread
 from tests.redis_server import redis_url  # noqa: F401  (a session fixture: a real redis-server)
+from tests.schema import take_violations
 from wsproxy.asgi.app import create_app
 from wsproxy.settings import Settings, load_settings
+
+
+@pytest.fixture(autouse=True)
+def _open_responses_schema() -> Iterator[None]:
+    """Fail a test in which wsproxy sent anything that breaks the Open Responses schemas
+    (checked by ``tests.schema.SchemaChecked`` around every app the tests serve)."""
+    take_violations()
+    yield
+    violations = take_violations()
+    assert not violations, "schema violations:\n" + "\n".join(violations[:5])
 
 
 @pytest.fixture(scope="session")

@@ -172,7 +172,8 @@ class Settings:
     # "text" (human) or "json" (one JSON object per line: access logs, sessions, responses).
     log_format: str = "text"
     api_keys: tuple[str, ...] = ()
-    default_provider: str = "local"
+    # None: only listed models and aliases route (bare unknown names are a 404).
+    default_provider: str | None = "local"
     providers: Mapping[str, ProviderSettings] = field(default_factory=dict)
     # alias -> fallback chain of "provider@model" targets
     aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
@@ -266,6 +267,9 @@ def _provider(name: str, data: Mapping[str, Any]) -> ProviderSettings:
         raise SettingsError(
             f"providers.{name}.websocket must be one of {WEBSOCKET_MODES}, not {data.get('websocket')!r}"
         )
+    if kind == "local" and not data.get("models"):
+        # The built-in model answers to its provider's name ("local") unless it lists others.
+        data["models"] = [name]
     return _section(ProviderSettings, {"name": name, **data}, {}, f"providers.{name}.")  # type: ignore[no-any-return]
 
 
@@ -377,12 +381,19 @@ def load_settings(
         raise SettingsError(f"log_format must be 'text' or 'json', not {top.log_format!r}")
     default_provider = data.get("default_provider") or env.get("WSPROXY_DEFAULT_PROVIDER")
     if not default_provider:
-        default_provider = next((p for p in ("openai", "anthropic", "gemini") if p in providers), "local")
-    if default_provider not in providers:
+        # With only the local model there is no default: a mistyped model name is a 404 instead
+        # of a silent answer from the local model (which still answers to 'local').
+        default_provider = next((p for p in ("openai", "anthropic", "gemini") if p in providers), None)
+    if default_provider is not None and default_provider not in providers:
         raise SettingsError(f"default_provider {default_provider!r} is not a configured provider")
     for alias, chain in aliases.items():
         for target in chain:
             provider = target.split("@", 1)[0] if "@" in target else default_provider
+            if provider is None:
+                raise SettingsError(
+                    f"aliases.{alias}: {target!r} names no provider; write provider@model "
+                    "(there is no default_provider)"
+                )
             if provider not in providers:
                 raise SettingsError(f"aliases.{alias}: unknown provider in {target!r}")
     settings: Settings = top.replace(

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from tests.schema import validate_event
 from wsproxy.core.events import TERMINAL_TYPES, Event
 from wsproxy.core.ids import counter_ids
 from wsproxy.core.sse import SSEDecoder
@@ -101,6 +102,8 @@ def run(translator: StreamTranslator, chunks: Iterable[bytes]) -> list[Event]:
     for message in decoder.flush():
         events += translator.feed(message)
     events += translator.finish()
+    for event in events:
+        validate_event(event.json())  # every translated event matches the Open Responses schema
     return events
 
 
@@ -168,7 +171,7 @@ def check_stream(events: list[dict[str, Any]]) -> None:
             field = _DELTA_DONE[delta_kind][1]
             assert e[field] == "".join(deltas.get((index, delta_kind, slot), [])), f"{kind} equals its deltas"
         elif kind == "response.function_call_arguments.done":
-            assert e["arguments"] == ("".join(args.get(index, [])) or "{}"), "arguments.done equals deltas"
+            assert e["arguments"] == "".join(args.get(index, [])), "arguments.done equals its deltas"
             assert e["name"] == added[index]["name"]
         elif kind == "response.output_item.done":
             item = e["item"]
@@ -191,7 +194,7 @@ def _check_item_text(
     args: dict[int, list[str]],
 ) -> None:
     if item["type"] == "function_call":
-        assert item["arguments"] == ("".join(args.get(index, [])) or "{}")
+        assert item["arguments"] == "".join(args.get(index, []))
         return
     for c, part in enumerate(item.get("content") or []):
         if part["type"] == "output_text":

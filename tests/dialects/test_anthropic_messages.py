@@ -23,7 +23,12 @@ from wsproxy.core.ids import counter_ids
 from wsproxy.core.request import normalize_input
 from wsproxy.core.sse import SSEMessage
 from wsproxy.dialects.anthropic_messages import AnthropicMessagesDialect, AnthropicStreamTranslator
-from wsproxy.dialects.anthropic_request import decode_envelope, encode_redacted, encode_thinking
+from wsproxy.dialects.anthropic_request import (
+    HISTORY_PLACEHOLDER,
+    decode_envelope,
+    encode_redacted,
+    encode_thinking,
+)
 from wsproxy.dialects.base import DialectOptions, UpstreamCall
 from wsproxy.errors import InvalidRequest
 
@@ -235,8 +240,22 @@ def test_missing_tool_output_is_a_clear_400() -> None:
     assert "toolu_1" in err.message and err.param == "input"
 
 
-def test_conversation_must_start_with_a_user_message() -> None:
-    assert "start with a user message" in rejected({}, [assistant("hi"), user("yo")]).message
+def test_a_history_that_starts_with_the_assistant_gets_a_user_turn_first() -> None:
+    commentary = {**assistant("Looking at the repo."), "phase": "commentary", "id": "msg_1"}
+    final = {**assistant("Done."), "phase": "final_answer", "status": "completed"}
+    out = body_of({}, [commentary, final, user("thanks"), user("and more")])
+    assert out["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": HISTORY_PLACEHOLDER}]},
+        # Consecutive turns of one role are one message; Responses-only fields are not sent.
+        {
+            "role": "assistant",
+            "content": [{"type": "text", "text": "Looking at the repo."}, {"type": "text", "text": "Done."}],
+        },
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "thanks"}, {"type": "text", "text": "and more"}],
+        },
+    ]
     assert rejected({"instructions": "only this"}, []).param == "input"
 
 

@@ -26,6 +26,7 @@ from wsproxy.core.ids import counter_ids
 from wsproxy.core.request import normalize_input
 from wsproxy.core.sse import SSEMessage
 from wsproxy.dialects.base import DialectOptions, UpstreamCall
+from wsproxy.dialects.common import HISTORY_PLACEHOLDER
 from wsproxy.dialects.gemini_request import (
     DUMMY_SIGNATURE,
     decode_signatures,
@@ -242,11 +243,17 @@ def test_a_current_turn_call_without_signature_gets_the_documented_dummy() -> No
     assert all("thoughtSignature" not in p for c in older for p in c["parts"])
 
 
-def test_missing_tool_output_and_model_first_history_are_clear_400s() -> None:
+def test_missing_tool_output_is_a_clear_400() -> None:
     err = rejected({}, [user("go"), fc("call_1"), user("next")])
     assert "call_1" in err.message and err.param == "input"
-    assert "start with a user message" in rejected({}, [assistant("hi"), user("yo")]).message
     assert rejected({"instructions": "only this"}, []).param == "input"
+
+
+def test_history_opening_with_the_model_gets_a_placeholder_user_turn() -> None:
+    """Gemini refuses contents that start with a model turn; real clients send such histories."""
+    contents = body_of({}, [assistant("hi"), user("yo")])["contents"]
+    assert contents[0] == {"role": "user", "parts": [{"text": HISTORY_PLACEHOLDER}]}
+    assert [c["role"] for c in contents] == ["user", "model", "user"]
 
 
 def test_tools_namespaces_and_names_gemini_refuses() -> None:

@@ -17,6 +17,7 @@ import uvloop
 import wsproxy.server as srv
 from tests.conftest import proxy_settings
 from tests.fakes.servers import ServerThread, free_port
+from tests.schema import SchemaChecked
 from wsproxy.asgi.app import create_app
 from wsproxy.service.wiring import Runtime
 
@@ -29,7 +30,7 @@ class CliServer(ServerThread):
         )
         self.port = settings.port
         self.app = create_app(settings, environ={})
-        self.config = srv.build_config(settings, app=self.app)
+        self.config = srv.build_config(settings, app=SchemaChecked(self.app))
         self.server = uvicorn.Server(self.config)
         self.loop: asyncio.AbstractEventLoop | None = None
         # uvicorn installs no signal handlers outside the main thread.

@@ -335,11 +335,14 @@ def test_incomplete_turn_is_recorded(proxy) -> None:
     c = client(proxy)
     conv = c.conversations.create()
     resp = c.responses.create(
-        model="local", input="say many words please", conversation=conv.id, max_output_tokens=2
+        model="local",
+        input="say many words please " * 4,  # the local model's reply is longer than 16 tokens
+        conversation=conv.id,
+        max_output_tokens=16,
     )
     assert resp.status == "incomplete" and resp.conversation.id == conv.id
     items = history(c, conv.id)
-    assert texts(items)[0] == "user:say many words please"
+    assert texts(items)[0] == "user:" + "say many words please " * 4
     assert items[1].type == "message" and items[1].role == "assistant"
 
 

@@ -33,10 +33,11 @@ def test_create_stream_sse(proxy) -> None:
 
 
 def test_max_output_tokens_incomplete(proxy) -> None:
-    resp = client(proxy).responses.create(model="local", input="one two three four", max_output_tokens=3)
+    words = " ".join(f"w{i}" for i in range(30))
+    resp = client(proxy).responses.create(model="local", input=words, max_output_tokens=16)
     assert resp.status == "incomplete"
     assert resp.incomplete_details is not None and resp.incomplete_details.reason == "max_output_tokens"
-    assert resp.output_text == "Hello! This is"
+    assert resp.output_text == "Hello! This is the wsproxy local model. You said: w0 w1 w2 w3 w4 w5 w6"
 
 
 def test_instructions_are_honoured(proxy) -> None:

@@ -242,7 +242,13 @@ def test_compact_passes_through_to_openai_native(make_proxy, tmp_path) -> None:
             "object": "response.compaction",
             "created_at": 1,
             "output": [{"type": "compaction", "id": "cmp_1", "encrypted_content": "opaque"}],
-            "usage": None,
+            "usage": {
+                "input_tokens": 3,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens": 2,
+                "output_tokens_details": {"reasoning_tokens": 0},
+                "total_tokens": 5,
+            },
         }
         await send(
             {

@@ -291,7 +291,7 @@ def test_socket_dying_mid_response_ends_it_with_one_failed(ws_proxy, ws_fake) ->
         )
         events = until_terminal(conn)
         # As on the HTTP path: an error event, then the one terminal event.
-        assert events[-1].type == "error" and events[-1].code == "server_error"
+        assert events[-1].type == "error" and events[-1].error.code == "server_error"
         events.append(conn.recv())
         assert len(terminals(events)) == 1 and events[-1].type == "response.failed"
         assert "closed mid-response" in events[-1].response.error.message

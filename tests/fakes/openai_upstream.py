@@ -17,6 +17,7 @@ The behaviour is chosen by the request's ``model``:
     order-delta-first a text delta before response.created (an impossible order)
     order-double-created  created, in_progress, then response.created again
     badutf8-after-<n> n events, then a delta whose data is not valid UTF-8
+    brokenjson-after-<n> n events, then a delta whose JSON is cut short, then the rest as usual
     script-<tag>      each request plays the next model of ``fake.scripts[tag]`` (the last repeats)
 
 Every request is recorded (body, headers, HTTP version, events sent, whether the client went
@@ -107,15 +108,34 @@ class FakeOpenAI:
             "incomplete_details": None,
             "instructions": body.get("instructions"),
             "previous_response_id": body.get("previous_response_id"),
-            "tools": body.get("tools", []),
+            # OpenAI echoes function tools with every key (strict defaults to true).
+            "tools": [
+                {"description": None, "parameters": None, **t, "strict": t.get("strict", True)}
+                if t.get("type") == "function"
+                else t
+                for t in body.get("tools", [])
+            ],
             "tool_choice": body.get("tool_choice", "auto"),
             "store": body.get("store", True),
             "parallel_tool_calls": True,
-            "metadata": {},
+            "metadata": body.get("metadata") or {},
             "temperature": 1.0,
             "top_p": 1.0,
-            "text": {"format": {"type": "text"}},
+            "text": {"format": {"type": "text"}, "verbosity": "medium"},
             "truncation": "disabled",
+            # Every other key OpenAI's Response carries (Open Responses marks them required).
+            "completed_at": None,
+            "background": False,
+            "max_output_tokens": body.get("max_output_tokens"),
+            "max_tool_calls": None,
+            "reasoning": {"effort": None, "summary": None},
+            "service_tier": "default",
+            "top_logprobs": 0,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+            "safety_identifier": None,
+            "prompt_cache_key": body.get("prompt_cache_key"),
+            "user": None,
         }
         out: list[dict[str, Any]] = [
             {"type": "response.created", "response": dict(base)},
@@ -363,7 +383,7 @@ class FakeOpenAI:
             delay = int(model.split("-")[1]) / 1000
         if model.startswith("think-"):
             think = int(model.split("-")[1]) / 1000
-        for prefix in ("die-after-", "stall-after-", "garbage-after-", "badutf8-after-"):
+        for prefix in ("die-after-", "stall-after-", "garbage-after-", "badutf8-after-", "brokenjson-after-"):
             if model.startswith(prefix):
                 mode = prefix.split("-")[0]
                 cut = int(model[len(prefix) :])
@@ -378,6 +398,15 @@ class FakeOpenAI:
             if cut is not None and i == cut:
                 if mode == "die":
                     raise ConnectionResetError("fake upstream dies")
+                if mode == "brokenjson":
+                    broken = (
+                        b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
+                        b'"sequence_number":' + str(i).encode() + b',"item_id":"x","delta":"cut\n\n'
+                    )
+                    await send({"type": "http.response.body", "body": broken, "more_body": True})
+                    cut = None  # and the rest of the stream as if nothing happened
+                    await send({"type": "http.response.body", "body": _sse(event), "more_body": True})
+                    continue
                 if mode == "garbage":
                     await send(
                         {"type": "http.response.body", "body": b"data: {not json\n\n", "more_body": True}

@@ -64,15 +64,18 @@ class ServerThread:
 class UvicornThread(ServerThread):
     """wsproxy (or any ASGI app) under real uvicorn, uvloop + httptools, in a thread, with the
     protocol classes ``wsproxy serve`` uses (bounded request heads; WebSocket frames written by
-    wsproxy, compression as configured by default)."""
+    wsproxy, compression as configured by default). The app is wrapped in
+    :class:`tests.schema.SchemaChecked`."""
 
     def __init__(self, app: Any, **config: Any) -> None:
         import wsproxy.server as srv
+        from tests.schema import SchemaChecked
         from wsproxy.settings import LimitSettings
 
         self.port = free_port()
         self.config = uvicorn.Config(
-            app,
+            # Everything wsproxy sends in a test is checked against the Open Responses schemas.
+            SchemaChecked(app),
             host="127.0.0.1",
             port=self.port,
             loop="uvloop",

@@ -9,8 +9,13 @@ Anthropic (``POST /v1/messages``): ``event:`` + ``data:`` lines, ``message_start
 blocks with a ``signature_delta`` when the request enables thinking.
 
 Both answer a tool call when the last user message names one of the request's tools, and report
-the tool result when the last message carries one. ``model`` ``fail-<status>`` answers with that
-status in the provider's error format. Requests are recorded for assertions.
+the tool result when the last message carries one. Both refuse, with their API's 400, the
+histories the real APIs refuse: Anthropic a first message that is not the user's, roles that do
+not alternate, and fields a message does not have (``phase``...); Chat Completions a ``tool``
+message that does not answer a ``tool_calls`` entry of the assistant message before it. A tool
+with no parameters is called with no arguments (Anthropic: one empty ``input_json_delta``).
+``model`` ``fail-<status>`` answers with that status in the provider's error format. Requests are
+recorded for assertions.
 """
 
 from __future__ import annotations
@@ -52,6 +57,40 @@ async def _respond(send: Any, status: int, chunks: list[bytes], content_type: by
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+def chat_history_error(messages: list[dict[str, Any]]) -> str | None:
+    """What OpenAI's Chat Completions says about a tool message that answers no tool call."""
+    open_calls: set[str] = set()
+    for i, msg in enumerate(messages):
+        role = msg.get("role")
+        if role == "tool":
+            if msg.get("tool_call_id") not in open_calls:
+                return (
+                    f"Invalid parameter: messages with role 'tool' must be a response to a preceeding "
+                    f"message with 'tool_calls' (messages[{i}])."
+                )
+            open_calls.discard(msg.get("tool_call_id"))
+        elif role == "assistant":
+            open_calls = {c.get("id") for c in msg.get("tool_calls") or []}
+        else:
+            open_calls = set()
+    return None
+
+
+def anthropic_history_error(messages: list[dict[str, Any]]) -> str | None:
+    """What the Messages API says about a history it refuses."""
+    if not messages:
+        return "messages: at least one message is required"
+    if messages[0].get("role") != "user":
+        return "messages: first message must use the \"user\" role"
+    for i, msg in enumerate(messages):
+        extra = set(msg) - {"role", "content"}
+        if extra:
+            return f"messages.{i}.{sorted(extra)[0]}: Extra inputs are not permitted"
+        if i and msg.get("role") == messages[i - 1].get("role"):
+            return "messages: roles must alternate between \"user\" and \"assistant\""
+    return None
+
+
 def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -84,6 +123,18 @@ class FakeChat:
                 }
             }
             await _respond(send, status, [orjson.dumps(err)], b"application/json")
+            return
+        problem = chat_history_error(body.get("messages") or [])
+        if problem is not None:
+            err = {
+                "error": {
+                    "message": problem,
+                    "type": "invalid_request_error",
+                    "param": "messages",
+                    "code": None,
+                }
+            }
+            await _respond(send, 400, [orjson.dumps(err)], b"application/json")
             return
         cid = f"chatcmpl-{next(_ids)}"
         base = {
@@ -175,6 +226,12 @@ class FakeAnthropic:
             await _respond(send, status, [orjson.dumps(err)], b"application/json")
             return
 
+        problem = anthropic_history_error(body.get("messages") or [])
+        if problem is not None:
+            err = {"type": "error", "error": {"type": "invalid_request_error", "message": problem}}
+            await _respond(send, 400, [orjson.dumps(err)], b"application/json")
+            return
+
         def ev(payload: dict[str, Any]) -> bytes:
             return b"event: " + payload["type"].encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
 
@@ -184,6 +241,7 @@ class FakeAnthropic:
         blocks = last.get("content") if isinstance(last.get("content"), list) else []
         results = [b for b in blocks if isinstance(b, dict) and b.get("type") == "tool_result"]
         tools = [t["name"] for t in body.get("tools") or []]
+        no_args = {t["name"] for t in body.get("tools") or [] if not t["input_schema"].get("properties")}
         out = [
             ev(
                 {
@@ -286,7 +344,7 @@ class FakeAnthropic:
                     }
                 )
             )
-            for piece in ("", '{"city": ', '"Paris"}'):
+            for piece in ("",) if name in no_args else ("", '{"city": ', '"Paris"}'):
                 out.append(
                     ev(
                         {

@@ -83,3 +83,43 @@ async def test_a_head_over_the_bound_is_still_431() -> None:
         if transport.closing:
             break
     assert transport.written.startswith(b"HTTP/1.1 431 ") and transport.closing
+
+
+async def test_a_whole_oversized_head_in_one_read_is_431_before_the_app_sees_it() -> None:
+    proto, transport = _protocol()
+    pad = b"x-pad: " + b"p" * (srv.MAX_HEAD_BYTES + 10) + b"\r\n"
+    proto.data_received(_request(10, pad))  # head, body and all in one read
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert transport.written.startswith(b"HTTP/1.1 431 ") and transport.closing
+    assert b"200 OK" not in transport.written
+
+
+async def test_many_headers_just_under_the_bound_in_one_read_are_accepted() -> None:
+    proto, transport = _protocol()
+    one = b"x-h: " + b"v" * 1000 + b"\r\n"
+    headers = one * ((srv.MAX_HEAD_BYTES - 2000) // len(one))
+    proto.data_received(_request(5, headers))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert transport.written.startswith(b"HTTP/1.1 200 OK") and not transport.closing
+
+
+def test_an_oversized_head_sent_at_once_over_a_socket_is_431(proxy: Any) -> None:
+    import socket
+
+    body = b'{"model":"local","input":"hi"}'
+    request = (
+        b"POST /v1/responses HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        + b"x-pad: " + b"p" * (srv.MAX_HEAD_BYTES + 100) + b"\r\n"
+        + b"content-length: %d\r\n\r\n" % len(body) + body
+    )
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        sock.sendall(request)
+        answer = b""
+        while len(answer) < 20:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431 ")

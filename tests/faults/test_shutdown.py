@@ -146,7 +146,9 @@ async def test_sigterm_grace_over_ends_responses_with_a_terminal_event(proxy_pro
     failed = terminal[0]
     assert failed["type"] == "response.failed"
     assert failed["response"]["error"]["code"] == "server_shutting_down"
-    assert events[-2]["type"] == "error" and events[-2]["code"] == "server_shutting_down"
+    # WebSocket mode's error envelope: nested, with an HTTP-style status.
+    assert events[-2]["type"] == "error" and events[-2]["error"]["code"] == "server_shutting_down"
+    assert events[-2]["status"] == 503
     assert [e["sequence_number"] for e in events] == list(range(len(events)))
 
     await asyncio.wait_for(sse.task, 10)

@@ -247,6 +247,8 @@ MIDSTREAM = [
     ("up1@die-after-5", "server_error", "provider 'up1'"),
     ("up@garbage-after-5", "server_error", "not a JSON object"),
     ("up@badutf8-after-5", "server_error", "Malformed stream"),
+    # A data line whose JSON is broken: never forwarded; the stream ends failed, not completed.
+    ("up@brokenjson-after-5", "server_error", "not valid JSON"),
     ("up@order-double-created", "server_error", "response.created"),
     ("raw@goaway-mid", "server_error", "provider 'raw'"),
     ("raw@rst-mid", "server_error", "provider 'raw'"),

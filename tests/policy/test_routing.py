@@ -56,6 +56,17 @@ def test_other_bare_names_go_to_the_default_provider() -> None:
     assert other.route("whatever") == (Target("local", "whatever"),)
 
 
+def test_without_a_default_provider_an_unknown_bare_name_is_model_not_found() -> None:
+    only_local = Router(providers={"local": ("local",)}, aliases={}, default_provider=None)
+    assert only_local.route("local") == (Target("local", "local"),)
+    assert only_local.route("local@anything") == (Target("local", "anything"),)
+    with pytest.raises(NotFound) as info:
+        only_local.route("gpt-5-typo")
+    err = info.value
+    assert (err.status, err.code, err.param) == (404, "model_not_found", "model")
+    assert "'gpt-5-typo'" in err.message and "OPENAI_API_KEY" in err.message
+
+
 def test_target_str() -> None:
     assert str(Target("anthropic", "claude-x")) == "anthropic@claude-x"
 

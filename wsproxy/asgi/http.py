@@ -1,7 +1,8 @@
 """HTTP on ``/v1/responses``: ``POST`` answering JSON or SSE, and the 426 for plain ``GET``.
 
 An SSE answer is written event by event as the engine yields them (no buffering), with headers
-that stop intermediaries from buffering and keepalive comments while the upstream is silent. A
+that stop intermediaries from buffering and keepalive comments while the upstream is silent,
+including before its first event: the headers wait at most ``sse_keepalive_interval`` for it. A
 listener on ``receive`` notices a client that left and cancels the stream, which closes the
 upstream request. Errors before the first event are HTTP errors; after it, events.
 """
@@ -23,7 +24,7 @@ from wsproxy.asgi.access_log import request_id_of
 from wsproxy.asgi.client_secrets import allow_model, grant_for, remember
 from wsproxy.asgi.render import error_response, json_response
 from wsproxy.asgi.tracking import SHUTDOWN_CODE, SHUTDOWN_MESSAGE, ResponseTracker
-from wsproxy.core.events import Event
+from wsproxy.core.events import Event, ResponseBuilder
 from wsproxy.core.request import loads_object, parse_create
 from wsproxy.core.sse import DONE, KEEPALIVE, encode_event
 from wsproxy.errors import InvalidRequest, PayloadTooLarge, ProxyError, UpstreamError, unknown_parameter
@@ -248,6 +249,11 @@ class _Streamed(Response):
         raise NotImplementedError
 
 
+async def _nothing() -> AsyncIterator[Event]:
+    return
+    yield  # an empty async iterator
+
+
 _KEEPALIVE_MESSAGE = {"type": "http.response.body", "body": KEEPALIVE, "more_body": True}
 
 
@@ -309,24 +315,62 @@ class SSEResponse(_Streamed):
 
     async def stream(self, send: Send) -> None:
         limits = self.runtime.settings.limits
+        # The first event is awaited for at most one keepalive interval before the headers go
+        # out: an error before it is still an HTTP error, but a provider slow to answer does not
+        # leave the client (and a load balancer's idle timer) without a byte.
+        pending = asyncio.ensure_future(anext(self.events))
         try:
-            first = await anext(self.events)
-        except ProxyError as exc:
-            await error_response(exc)({"type": "http"}, _no_receive, send)
-            return
-        except StopAsyncIteration:
-            first = None
+            await asyncio.wait({pending}, timeout=limits.sse_keepalive_interval)
+            first: Event | None = None
+            if pending.done():
+                try:
+                    first = pending.result()
+                except ProxyError as exc:
+                    await error_response(exc)({"type": "http"}, _no_receive, send)
+                    return
+                except StopAsyncIteration:
+                    first = None
+            await self._stream_from(send, first, None if pending.done() else pending)
+        finally:
+            if not pending.done():
+                pending.cancel()
+                await asyncio.wait({pending})  # the generator is idle again before it is closed
+
+    async def _early_failure(self, exc: ProxyError) -> list[Event]:
+        """``created``, ``error``, ``response.failed`` for an error raised after the headers went
+        out but before the first event (stored like any terminal event)."""
+        run = self.run
+        builder = ResponseBuilder(run.response_id, run.request.model, run.created_at, run.request.body)
+        events = builder.fail(exc.code or "server_error", exc.message)
+        await self.runtime.engine._finish(run, events[-1])
+        return events
+
+    async def _stream_from(
+        self, send: Send, first: Event | None, pending: asyncio.Future[Event] | None
+    ) -> None:
+        limits = self.runtime.settings.limits
         self.started = True
         headers = SSE_HEADERS + [(k.encode(), v.encode()) for k, v in cache_headers(self.run).items()]
         await self._send(send, {"type": "http.response.start", "status": 200, "headers": headers})
         body_task = asyncio.current_task()
         assert body_task is not None
         watchdog = asyncio.get_running_loop().create_task(self._watchdog(send, body_task))
+        ended = False  # the response ended before its first event
         try:
+            if pending is not None:  # the watchdog sends keepalives meanwhile
+                try:
+                    first = await pending
+                except StopAsyncIteration:
+                    first = None
+                except ProxyError as exc:
+                    if self.run is None:
+                        raise
+                    await self._events(send, await self._early_failure(exc))
+                    ended = True
             if first is not None:
                 await self._event(send, first)
             held: list[Event] = []
-            async for event in self.events:
+            async for event in _nothing() if ended else self.events:
                 if event.more:
                     held.append(event)  # another is at hand: one write for both
                 elif held:

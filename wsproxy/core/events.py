@@ -109,9 +109,40 @@ def response_skeleton(
     for key, default in _ECHOED_FIELDS.items():
         value = request.get(key)
         resp[key] = default if value is None else value
-    if isinstance(resp["text"], dict) and "format" not in resp["text"]:
-        resp["text"] = {**resp["text"], "format": {"type": "text"}}
+    text = resp["text"]
+    if isinstance(text, dict):
+        fmt = text.get("format")
+        if not isinstance(fmt, dict):
+            text = {**text, "format": {"type": "text"}}
+        elif fmt.get("type") == "json_schema":
+            # Echoed with every key of OpenAI's (description and strict default to null/false).
+            text = {**text, "format": {"description": None, **fmt, "strict": fmt.get("strict") is True}}
+        resp["text"] = text
+    if isinstance(resp["reasoning"], dict):
+        resp["reasoning"] = {"effort": None, "summary": None, **resp["reasoning"]}
+    if isinstance(resp["tools"], list):
+        resp["tools"] = [echo_tool(tool) for tool in resp["tools"]]
     return resp
+
+
+def echo_tool(tool: Any) -> Any:
+    """A request tool as the Response echoes it: a function tool has every key of OpenAI's
+    (``description``, ``parameters`` and ``strict``, which defaults to true in the Responses API);
+    the members of a namespace tool likewise. Other tools are echoed unchanged."""
+    if not isinstance(tool, dict):
+        return tool
+    kind = tool.get("type", "function")
+    if kind == "function":
+        return {
+            **tool,
+            "type": "function",
+            "description": tool.get("description"),
+            "parameters": tool.get("parameters"),
+            "strict": tool["strict"] if isinstance(tool.get("strict"), bool) else True,
+        }
+    if kind == "namespace" and isinstance(tool.get("tools"), list):
+        return {**tool, "tools": [echo_tool(member) for member in tool["tools"]]}
+    return tool
 
 
 def usage_object(
@@ -370,7 +401,20 @@ class ResponseBuilder:
         it = item.item
         if it["type"] == "function_call":
             if not it["arguments"]:
-                it["arguments"] = "".join(item.buffer) or "{}"
+                it["arguments"] = "".join(item.buffer)
+                if not it["arguments"] and status == "completed":
+                    # A call without arguments: "{}" goes out as a delta too, so that the deltas
+                    # always add up to the arguments of the done event (as OpenAI streams it).
+                    # A call cut off (incomplete) keeps what it got: nothing.
+                    it["arguments"] = "{}"
+                    events.append(
+                        self._event(
+                            "response.function_call_arguments.delta",
+                            item_id=it["id"],
+                            output_index=item.index,
+                            delta="{}",
+                        )
+                    )
             events.append(
                 self._event(
                     "response.function_call_arguments.done",

@@ -2,7 +2,9 @@
 
 A request is parsed once, at the edge, into :class:`CreateRequest`. Validation follows OpenAI's
 behaviour: an unknown top-level field is a 400 ``unknown_parameter`` naming it; a field of the
-wrong type is a 400 naming the param. Transport fields are separated from the body that travels
+wrong type is a 400 naming the param; values out of their documented range or enum, and Chat
+Completions names (``messages``, ``response_format``, ``max_tokens``, ``n``), are handled by
+:mod:`wsproxy.core.params`. Transport fields are separated from the body that travels
 on: ``stream``, ``background`` (HTTP only), ``stream_id`` and ``generate`` (WebSocket only).
 """
 
@@ -14,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from wsproxy.core.params import apply_aliases, check_values
 from wsproxy.errors import InvalidRequest, invalid_param, unknown_parameter
 
 # Every top-level field of the create params (openai-python, Open Responses), plus what real
@@ -26,7 +29,7 @@ BODY_FIELDS = frozenset(
         "truncation", "metadata", "service_tier", "prompt_cache_key", "prompt_cache_retention",
         "prompt_cache_options", "safety_identifier", "user", "prompt", "context_management",
         "moderation", "presence_penalty", "frequency_penalty", "client_metadata",
-        "stream_options", "seed", "stop",
+        "stream_options", "seed", "stop", "logit_bias",
     }
 )  # fmt: skip
 HTTP_ONLY = frozenset({"stream", "background"})
@@ -36,7 +39,7 @@ STREAM_ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,256}")
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "model": (str,),
-    "instructions": (str, list),
+    "instructions": (str,),
     "tools": (list,),
     "tool_choice": (str, dict),
     "parallel_tool_calls": (bool,),
@@ -63,6 +66,9 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "background": (bool,),
     "generate": (bool,),
     "stream_options": (dict,),
+    "seed": (int,),
+    "stop": (str, list),
+    "logit_bias": (dict,),
 }
 
 
@@ -169,6 +175,7 @@ def conversation_ref(value: Any) -> str:
 def parse_create(obj: dict[str, Any], *, websocket: bool) -> CreateRequest:
     """Validate a create body (HTTP) or ``response.create`` frame (WebSocket)."""
     allowed_transport = WS_ONLY | {"stream", "background"} if websocket else HTTP_ONLY
+    obj = apply_aliases(obj)  # messages, response_format, max_tokens, n: Chat Completions habits
     body: dict[str, Any] = {}
     for key, value in obj.items():
         if key in BODY_FIELDS:
@@ -186,15 +193,7 @@ def parse_create(obj: dict[str, Any], *, websocket: bool) -> CreateRequest:
     model = obj.get("model")
     if not isinstance(model, str) or not model:
         raise invalid_param("model", "Missing required parameter: 'model'.", "missing_required_parameter")
-    temperature = body.get("temperature")
-    if temperature is not None and not 0 <= temperature <= 2:
-        raise invalid_param("temperature", "Invalid 'temperature': expected a number between 0 and 2.")
-    top_p = body.get("top_p")
-    if top_p is not None and not 0 <= top_p <= 1:
-        raise invalid_param("top_p", "Invalid 'top_p': expected a number between 0 and 1.")
-    mot = body.get("max_output_tokens")
-    if mot is not None and mot < 1:
-        raise invalid_param("max_output_tokens", "Invalid 'max_output_tokens': expected an integer >= 1.")
+    check_values(body)
     if "previous_response_id" in body and "conversation" in body:
         raise InvalidRequest(
             "Mutually exclusive parameters: 'previous_response_id' and 'conversation'. Ensure you "

@@ -76,6 +76,8 @@ STREAM_ERROR_CODES = {
 
 class AnthropicMessagesDialect:
     name = "anthropic"
+    # Provider-specific create parameters this dialect maps: stop -> stop_sequences.
+    supported_params = frozenset({"stop"})
 
     def build_request(self, call: UpstreamCall) -> UpstreamRequest:
         return UpstreamRequest(

@@ -11,8 +11,11 @@ What happens to each Responses field:
 ``model``                   ``call.model``
 ``instructions`` + every    top-level ``system`` text blocks, in input order (the Messages API
 system/developer message    has no system role inside ``messages``; their position is lost)
-``input``                   ``messages`` (C.1): consecutive same-role items merged, tool_result
-                            blocks first in their user message, must start with a user message
+``input``                   ``messages`` (C.1): consecutive same-role items merged (roles then
+                            alternate), tool_result blocks first in their user message; a
+                            history that starts with the assistant gets a placeholder user turn
+                            (:data:`HISTORY_PLACEHOLDER`) first; Responses-only item fields
+                            (``phase``, ``id``, ``status``) are not sent
 ``tools``                   ``{"name","description","input_schema"}``; namespaces flattened;
                             hosted tools -> 400 ``tools`` (or dropped when configured)
 ``tool_choice``             auto/required/none/function -> auto/any/none/tool; allowed_tools ->
@@ -57,6 +60,7 @@ import orjson
 
 from wsproxy.dialects.base import DialectOptions, UpstreamCall
 from wsproxy.dialects.common import (
+    HISTORY_PLACEHOLDER,
     TEXT_PARTS,
     FunctionDecl,
     allowed_tool_names,
@@ -353,9 +357,9 @@ def anthropic_messages(
     if not msgs:
         raise invalid_param("input", "Anthropic needs at least one non-empty user message in 'input'.")
     if msgs[0]["role"] != "user":
-        raise invalid_param(
-            "input", "Anthropic conversations must start with a user message, not an assistant one."
-        )
+        # Histories of real clients may open with assistant turns (a greeting, a resumed
+        # session's commentary); Anthropic requires a user turn first.
+        msgs.insert(0, {"role": "user", "content": [{"type": "text", "text": HISTORY_PLACEHOLDER}]})
     return system, msgs
 
 

@@ -101,6 +101,9 @@ class StreamTranslator(Protocol):
 
 class Dialect(Protocol):
     name: str
+    # The provider-specific create parameters (wsproxy.core.params.PROVIDER_PARAMS) this dialect
+    # maps; any other one given is refused with a 400 naming it and the provider.
+    supported_params: frozenset[str]
 
     def build_request(self, call: UpstreamCall) -> UpstreamRequest: ...
 

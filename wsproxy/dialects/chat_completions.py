@@ -62,6 +62,9 @@ class _StreamError(Exception):
 
 class ChatCompletionsDialect:
     name = "chat_completions"
+    # Provider-specific create parameters this dialect maps (core.params.PROVIDER_PARAMS);
+    # top_logprobs is not: logprobs are not translated into events.
+    supported_params = frozenset({"stop", "seed", "logit_bias"})
 
     def build_request(self, call: UpstreamCall) -> UpstreamRequest:
         return UpstreamRequest(path="/chat/completions", body=orjson.dumps(build_chat_body(call)), headers={})

@@ -20,7 +20,7 @@ What happens to each Responses field:
 ``max_output_tokens``       ``options.max_tokens_field``
 ``reasoning.effort``        ``reasoning_effort`` when ``options.send_reasoning_effort``
 ``temperature`` ``top_p`` ``presence_penalty`` ``frequency_penalty`` ``seed`` ``stop``
-``safety_identifier`` ``user``   forwarded unchanged
+``logit_bias`` ``safety_identifier`` ``user``   forwarded unchanged
 ``stream``                  always ``true`` + ``stream_options.include_usage`` (we aggregate)
 ==========================  ==================================================================
 
@@ -74,6 +74,7 @@ _PASSTHROUGH = (
     "frequency_penalty",
     "seed",
     "stop",
+    "logit_bias",
     "safety_identifier",
     "user",
 )

@@ -36,6 +36,10 @@ Clock = Callable[[], int]
 
 EMPTY_SCHEMA: dict[str, Any] = {"type": "object", "properties": {}}
 
+# The user turn put in front of a history that starts with the assistant, for upstreams that
+# require the user to speak first (Anthropic, Gemini).
+HISTORY_PLACEHOLDER = "(conversation continues)"
+
 
 @dataclass(frozen=True, slots=True)
 class FunctionDecl:

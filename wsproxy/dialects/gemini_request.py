@@ -43,7 +43,7 @@ Dropped, with the reason: ``parallel_tool_calls`` (no Gemini equivalent), ``pres
 ``safety_identifier`` (no field), ``input_image.detail``, everything the proxy handles itself
 (store, previous_response_id, conversation, metadata, truncation, background...). Rejected
 (400): ``prompt``, ``top_logprobs``, ``moderation``, hosted tools (unless configured to drop),
-OpenAI ``file_id``s, a history that starts with the model.
+OpenAI ``file_id``s. A history that opens with the model gets a placeholder user turn first.
 
 Thought signatures (gemini.md section 5): a signature must go back on the part it came on. The
 stream translator puts each one in a reasoning item whose ``encrypted_content`` is
@@ -68,6 +68,7 @@ import orjson
 
 from wsproxy.dialects.base import DialectOptions, UpstreamCall
 from wsproxy.dialects.common import (
+    HISTORY_PLACEHOLDER,
     TEXT_PARTS,
     FunctionDecl,
     allowed_tool_names,
@@ -410,9 +411,9 @@ def gemini_contents(
     if not contents:
         raise invalid_param("input", "Gemini needs at least one non-empty user message in 'input'.")
     if contents[0]["role"] != "user":
-        raise invalid_param(
-            "input", "Gemini conversations must start with a user message, not an assistant one."
-        )
+        # Real clients send histories that open with the assistant (a greeting, a resumed
+        # session); Gemini refuses those, so a placeholder user turn goes first, as for Anthropic.
+        contents.insert(0, {"role": "user", "parts": [{"text": HISTORY_PLACEHOLDER}]})
     return system, contents
 
 

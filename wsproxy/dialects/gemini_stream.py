@@ -85,6 +85,8 @@ _DELAY = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)s\s*$")
 
 class GeminiDialect:
     name = "gemini"
+    # generationConfig.stopSequences and .seed (wsproxy.core.params: the others are refused).
+    supported_params = frozenset({"stop", "seed"})
 
     def build_request(self, call: UpstreamCall) -> UpstreamRequest:
         return UpstreamRequest(path=model_path(call.model), body=orjson.dumps(build_gemini_body(call)))

@@ -7,7 +7,8 @@ model renamed for the upstream). Upstream events are forwarded **without re-enco
 - the event type (the SSE ``event:`` line, or the JSON ``type`` when a server omits it);
 - ``response.created`` (small) for the response snapshot, ``response.output_item.done`` for the
   items so far, and the terminal event for the final response (to store and cache it);
-- everything else (the deltas) passes through unparsed.
+- everything else (the deltas) is forwarded as received, after a check that it is one valid
+  JSON object: a broken event ends the response with one ``response.failed``.
 
 Because the translator counts events, it can end a broken stream with a ``response.failed`` whose
 ``sequence_number`` continues the upstream's.
@@ -41,6 +42,9 @@ _OUTPUT_EVENT_PREFIXES = (
 
 class OpenAIResponsesDialect:
     name = "openai"
+    # Of the provider-specific create parameters, the Responses API has only top_logprobs
+    # (stop, seed and logit_bias are Chat Completions parameters OpenAI refuses here).
+    supported_params = frozenset({"top_logprobs"})
 
     def build_request(self, call: UpstreamCall) -> UpstreamRequest:
         body = {k: v for k, v in call.body.items() if k not in _PROXY_ONLY}
@@ -60,6 +64,22 @@ class OpenAIResponsesDialect:
         except orjson.JSONDecodeError:
             parsed = None
         return upstream_status_error(status, parsed if isinstance(parsed, dict) else None, headers)
+
+
+# The events parsed whole below anyway (a broken one raises there and fails the stream).
+_PARSED_TYPES = TERMINAL_TYPES | {"response.created", "response.in_progress", "response.output_item.done"}
+
+
+def _is_json_object(data: bytes) -> bool:
+    """Whether forwarded bytes are one JSON object. A full parse (orjson: ~0.5 us for a
+    typical 180-byte delta) is the only check that catches a broken payload between braces."""
+    if not (data.startswith(b"{") and data.endswith(b"}")):
+        return False
+    try:
+        orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return False
+    return True
 
 
 def _peek_type(data: bytes) -> str | None:
@@ -117,6 +137,9 @@ class PassthroughTranslator:
         if kind == "error" and self.seq == 0:
             # An error before response.created: the request failed, there is no response.
             return self._error_before_start(data)
+        if kind not in _PARSED_TYPES and not _is_json_object(data):
+            # Forwarded bytes must be valid: a broken event ends the response instead.
+            return self.fail("server_error", "The upstream sent an event that is not valid JSON.")
         event = Event(kind, data, self.seq)
         self.seq += 1
         if kind in TERMINAL_TYPES:

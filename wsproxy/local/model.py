@@ -143,12 +143,34 @@ def plan_reply(call: UpstreamCall, ids: IdFactory = random_id) -> ReplyPlan:
             return plan
         said = user_text.split()[:40] if user_text else ["nothing"]
         words += ["Hello!", "This", "is", "the", "wsproxy", "local", "model.", "You", "said:", *said]
-    plan.tokens = [w if i == 0 else " " + w for i, w in enumerate(words)]
+    plan.tokens = _until_stop([w if i == 0 else " " + w for i, w in enumerate(words)], call.body.get("stop"))
     return plan
+
+
+def _until_stop(tokens: list[str], stop: Any) -> list[str]:
+    """The tokens up to (not including) the first stop sequence, as a model stops."""
+    stops = [stop] if isinstance(stop, str) else [s for s in stop or [] if isinstance(s, str)]
+    text = "".join(tokens)
+    cuts = [i for i in (text.find(s) for s in stops if s) if i != -1]
+    if not cuts:
+        return tokens
+    end = min(cuts)
+    out: list[str] = []
+    size = 0
+    for token in tokens:
+        if size + len(token) > end:
+            if end > size:
+                out.append(token[: end - size])
+            break
+        out.append(token)
+        size += len(token)
+    return out
 
 
 class LocalProvider:
     kind = "local"
+    # seed: the answer is deterministic anyway; stop: the answer ends before a stop sequence.
+    supported_params = frozenset({"seed", "stop"})
 
     def __init__(self, name: str = "local", *, token_delay: float = 0.02, prefill_delay: float = 0.0) -> None:
         self.name = name

@@ -10,17 +10,30 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 MAX_HEAD_BYTES = 64 * 1024
 
 
+class _HeadTooLarge(Exception):
+    """Raised from a parser callback: httptools stops parsing and uvicorn answers (see
+    ``send_400_response``)."""
+
+
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """httptools sets no limit on the size of a request head: a client could make the server
-    buffer any number of header bytes. A head larger than ``max_head_bytes`` (plus one read)
-    is answered with 431 and the connection closed."""
+    buffer any number of header bytes. A head larger than ``max_head_bytes`` is answered with
+    431 and the connection closed, whatever the read sizes:
+
+    - the parsed head (URL and headers, counted in the parser's callbacks) is checked as it is
+      parsed, so a whole oversized head that arrives in one read is refused before the app
+      sees the request;
+    - a head still unfinished (a header that never ends) is bounded by the bytes received for
+      it (plus one read), since the parser reports a header only once it is complete."""
 
     max_head_bytes = MAX_HEAD_BYTES
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = True
-        self._head_bytes = 0
+        self._head_bytes = 0  # received while the head is unfinished
+        self._parsed_head = 0  # parsed head bytes of the current request
+        self._head_too_large = False
         self._messages = 0  # requests parsed to their end
 
     def data_received(self, data: bytes) -> None:
@@ -35,17 +48,45 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head and self._messages == messages and not self.transport.is_closing():
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head_bytes:
-                body = (
-                    b'{"error":{"message":"Request header fields are larger than '
-                    + str(self.max_head_bytes).encode()
-                    + b' bytes.","type":"invalid_request_error","param":null,'
-                    + b'"code":"headers_too_large"}}'
-                )
-                self.transport.write(
-                    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-                    b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
-                )
-                self.transport.close()
+                self._reject_head()
+
+    def _reject_head(self) -> None:
+        body = (
+            b'{"error":{"message":"Request header fields are larger than '
+            + str(self.max_head_bytes).encode()
+            + b' bytes.","type":"invalid_request_error","param":null,'
+            + b'"code":"headers_too_large"}}'
+        )
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        self.transport.close()
+
+    def _count(self, size: int) -> None:
+        self._parsed_head += size
+        if self._parsed_head > self.max_head_bytes:
+            self._head_too_large = True
+            raise _HeadTooLarge
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._parsed_head = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url) + 16)  # + method and version
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)  # + ": " and CRLF
+        super().on_header(name, value)
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn answers any parser error with a 400; ours (a callback raised) is a 431.
+        if self._head_too_large:
+            self._reject_head()
+            return
+        super().send_400_response(msg)
 
     def on_headers_complete(self) -> None:
         self._in_head = False

@@ -26,6 +26,7 @@ import orjson
 
 from wsproxy.core.events import Event, ResponseBuilder, output_text, usage_object
 from wsproxy.core.ids import random_id
+from wsproxy.core.params import check_supported, check_tool_outputs
 from wsproxy.core.request import CreateRequest, parse_create
 from wsproxy.dialects.base import DialectOptions, UpstreamCall
 from wsproxy.errors import ProxyError, previous_response_not_found
@@ -189,8 +190,11 @@ class Engine:
         """Resolve continuation and routing. Raises ``ProxyError`` (nothing was sent yet)."""
         targets = self.router.route(request.model)
         for target in targets:
-            if target.provider not in self.providers:
+            provider = self.providers.get(target.provider)
+            if provider is None:
                 raise ProxyError(f"Provider '{target.provider}' is not available.", status=503)
+            # stop/seed/logit_bias/top_logprobs reach only providers that honour them.
+            check_supported(request.body, getattr(provider, "supported_params", ()), target.provider)
         previous: StoredResponse | None = None
         prev_id = request.previous_response_id
         body = dict(request.body)
@@ -211,6 +215,9 @@ class Engine:
             extra[HISTORY_LEN] = len(history)
             body.pop("conversation", None)
         # -- end conversation turn
+        if previous is not None or not prev_id:
+            # The whole history is known here (not when an OpenAI upstream holds the chain).
+            check_tool_outputs(effective)
         return ResponseRun(
             request=request,
             principal=principal,
@@ -289,6 +296,7 @@ class Engine:
             {
                 "type": "message",
                 "role": "user",
+                "status": "completed",
                 "content": [{"type": "input_text", "text": f"{COMPACTION_PREFIX}{text}"}],
             }
         ]

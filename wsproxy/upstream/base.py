@@ -12,6 +12,8 @@ from wsproxy.dialects.base import UpstreamCall
 class Provider(Protocol):
     name: str
     kind: str
+    # Provider-specific create parameters it honours (see wsproxy.core.params.check_supported).
+    supported_params: frozenset[str]
 
     def stream(self, call: UpstreamCall, response_id: str, created_at: int) -> AsyncGenerator[Event, None]:
         """Run one response. Raise ``ProxyError`` only before the first event is yielded."""

@@ -68,6 +68,7 @@ class HTTPProvider:
         self.kind = settings.kind
         self.settings = settings
         self.dialect = dialect
+        self.supported_params: frozenset[str] = frozenset(getattr(dialect, "supported_params", ()))
         self.pool = ConnectionPool(settings)
         # Built once: the same for every request of this provider.
         self.headers: dict[str, str] = {
