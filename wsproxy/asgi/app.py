@@ -3,6 +3,10 @@
 ``/v1/responses`` serves WebSocket mode (GET + Upgrade) and HTTP (POST) on one path: Starlette's
 ``WebSocketRoute`` and ``Route`` side by side. The runtime (pools, store, tasks) is built in the
 lifespan and closed there; nothing exists at import time.
+
+Middleware (pure ASGI, outermost first): :class:`wsproxy.asgi.admission.Admission` (shutdown,
+API key, rate limit; the principal in the scope). More guards (origin, host) go in the same list.
+Endpoints raise ``ProxyError``; :func:`wsproxy.asgi.render.handle_proxy_error` renders it.
 """
 
 from __future__ import annotations
@@ -12,14 +16,16 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
 from wsproxy.asgi import stored
-from wsproxy.asgi.http import authenticate, compact, create_response, responses_get, runtime_of
-from wsproxy.asgi.render import error_response, json_response
-from wsproxy.asgi.ws import websocket_endpoint
+from wsproxy.asgi.admission import Admission, runtime_of
+from wsproxy.asgi.http import compact, create_response, responses_get
+from wsproxy.asgi.render import handle_proxy_error, json_response
+from wsproxy.asgi.ws import WebSocketMode
 from wsproxy.errors import ProxyError
 from wsproxy.service.wiring import open_runtime
 from wsproxy.settings import Settings
@@ -29,10 +35,6 @@ log = logging.getLogger("wsproxy")
 
 async def list_models(request: Request) -> Response:
     runtime = runtime_of(request)
-    try:
-        authenticate(runtime, request)
-    except ProxyError as exc:
-        return error_response(exc)
     created = int(runtime.started_at)
     data = [
         {
@@ -81,7 +83,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             await runtime.aclose()
 
     routes = [
-        WebSocketRoute("/v1/responses", websocket_endpoint),
+        WebSocketRoute("/v1/responses", WebSocketMode()),
         Route("/v1/responses", create_response, methods=["POST"]),
         Route("/v1/responses", responses_get, methods=["GET"]),
         Route("/v1/responses/compact", compact, methods=["POST"]),
@@ -91,4 +93,10 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    middleware = [Middleware(Admission)]
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={ProxyError: handle_proxy_error},
+        lifespan=lifespan,
+    )

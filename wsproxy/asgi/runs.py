@@ -22,7 +22,8 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import Response
 
-from wsproxy.asgi.http import SSEResponse, authenticate
+from wsproxy.asgi.admission import owner_of
+from wsproxy.asgi.formats import sse_response
 from wsproxy.asgi.render import json_response
 from wsproxy.core.events import Event
 from wsproxy.core.replay import replay_events
@@ -70,7 +71,7 @@ async def start_background(runtime: Runtime, run: ResponseRun, stream: bool) -> 
     entry.task = runtime.spawn(drive(), f"background-{run.response_id}")
     await first_seen
     if stream:
-        return SSEResponse(runtime, entry.follow(-1))
+        return sse_response(runtime, entry.follow(-1))
     return json_response({**entry.snapshot, "background": True})
 
 
@@ -91,7 +92,7 @@ async def _store_cancelled(runtime: Runtime, entry: BackgroundRun) -> None:
 
 
 async def cancel_background(request: Request, runtime: Runtime) -> Response:
-    principal = authenticate(runtime, request)
+    principal = owner_of(request)
     response_id = request.path_params["response_id"]
     entry = runtime.background.get(response_id, principal)
     if entry is None:
@@ -128,7 +129,7 @@ async def replay_response(request: Request, runtime: Runtime, record: StoredResp
         for event in events:
             yield event
 
-    return SSEResponse(runtime, gen())
+    return sse_response(runtime, gen())
 
 
 def live_entry(runtime: Runtime, response_id: str, principal: str | None) -> BackgroundRun | None:

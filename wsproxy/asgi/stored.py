@@ -1,6 +1,8 @@
 """Endpoints on stored responses: retrieve, delete, cancel, input_items.
 
-Ids of other principals answer 404, exactly like ids that never existed.
+Ids of other principals answer 404, exactly like ids that never existed. Requests were admitted
+already (``wsproxy.asgi.admission``); a ``ProxyError`` raised here is rendered by the app's one
+exception handler.
 """
 
 from __future__ import annotations
@@ -11,16 +13,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from wsproxy.asgi.http import SSEResponse, authenticate, runtime_of
-from wsproxy.asgi.render import error_response, json_response
+from wsproxy.asgi.admission import owner_of, runtime_of
+from wsproxy.asgi.formats import sse_response
+from wsproxy.asgi.render import json_response
 from wsproxy.asgi.runs import cancel_background, live_entry, replay_response, starting_after
-from wsproxy.errors import InvalidRequest, ProxyError, invalid_param, response_not_found
+from wsproxy.errors import InvalidRequest, invalid_param, response_not_found
 from wsproxy.store.base import StoredResponse
 
 
 async def _owned(request: Request) -> tuple[Any, StoredResponse]:
     runtime = runtime_of(request)
-    principal = authenticate(runtime, request)
+    principal = owner_of(request)
     response_id = request.path_params["response_id"]
     record = await runtime.engine.lookup(response_id, principal)
     if record is None:
@@ -29,42 +32,33 @@ async def _owned(request: Request) -> tuple[Any, StoredResponse]:
 
 
 async def retrieve(request: Request) -> Response:
-    try:
-        runtime = runtime_of(request)
-        principal = authenticate(runtime, request)
-        response_id = request.path_params["response_id"]
-        stream = request.query_params.get("stream") in ("true", "1")
-        entry = live_entry(runtime, response_id, principal)
-        if entry is not None:
-            # A background response: its real event log, live while it runs.
-            if stream:
-                return SSEResponse(runtime, entry.follow(starting_after(request)))
-            final = entry.run.final
-            return json_response(final.response if entry.done and final is not None else entry.snapshot)
-        record = await runtime.engine.lookup(response_id, principal)
-        if record is None:
-            raise response_not_found(response_id)
+    runtime = runtime_of(request)
+    principal = owner_of(request)
+    response_id = request.path_params["response_id"]
+    stream = request.query_params.get("stream") in ("true", "1")
+    entry = live_entry(runtime, response_id, principal)
+    if entry is not None:
+        # A background response: its real event log, live while it runs.
         if stream:
-            return await replay_response(request, runtime, record)
-        return json_response(record.response)
-    except ProxyError as exc:
-        return error_response(exc)
+            return sse_response(runtime, entry.follow(starting_after(request)))
+        final = entry.run.final
+        return json_response(final.response if entry.done and final is not None else entry.snapshot)
+    record = await runtime.engine.lookup(response_id, principal)
+    if record is None:
+        raise response_not_found(response_id)
+    if stream:
+        return await replay_response(request, runtime, record)
+    return json_response(record.response)
 
 
 async def delete(request: Request) -> Response:
-    try:
-        runtime, record = await _owned(request)
-        await runtime.store.delete(record.id)
-    except ProxyError as exc:
-        return error_response(exc)
+    runtime, record = await _owned(request)
+    await runtime.store.delete(record.id)
     return json_response({"id": record.id, "object": "response", "deleted": True})
 
 
 async def cancel(request: Request) -> Response:
-    try:
-        return await cancel_background(request, runtime_of(request))
-    except ProxyError as exc:
-        return error_response(exc)
+    return await cancel_background(request, runtime_of(request))
 
 
 def _page(items: list[dict[str, Any]], params: Any) -> dict[str, Any]:
@@ -104,11 +98,8 @@ def _page(items: list[dict[str, Any]], params: Any) -> dict[str, Any]:
 
 
 async def input_items(request: Request) -> Response:
-    try:
-        _, record = await _owned(request)
-        return json_response(_page(record.input_items, request.query_params))
-    except ProxyError as exc:
-        return error_response(exc)
+    _, record = await _owned(request)
+    return json_response(_page(record.input_items, request.query_params))
 
 
 def routes() -> list[Route]:

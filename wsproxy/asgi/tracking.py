@@ -1,7 +1,8 @@
-"""What an edge knows about one response it streams, to end it cleanly when the engine cannot.
+"""What the response sink knows about one response, to account for it and to end it cleanly when
+the engine cannot (the accounting half of :class:`wsproxy.asgi.sink.ResponseSink`).
 
 The engine guarantees one terminal event for every stream it runs to the end. Three things stop
-a stream from outside, and the edge handles them with a :class:`ResponseTracker` fed every event
+a stream from outside, and the sink handles them with a :class:`ResponseTracker` fed every event
 it passed on to its client:
 
 - the client left (socket closed, SSE connection dropped, too slow to read): the upstream request
@@ -13,7 +14,8 @@ it passed on to its client:
 
 The tracker parses only the small events it needs (``response.created`` for the snapshot the
 client saw, ``response.output_item.done`` for the items so far); deltas are only counted.
-Must not touch: sockets, the engine's internals beyond its ``_finish`` (store + usage).
+The failed ending is built by :func:`wsproxy.core.events.failed_ending` (the one builder of a
+failed ending) and stored by ``Engine.finish``. Must not touch: sockets, the engine's internals.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from wsproxy.core.events import TERMINAL_TYPES, Event, usage_object
+from wsproxy.core.events import TERMINAL_TYPES, Event, failed_ending
 from wsproxy.errors import ProxyError
 
 if TYPE_CHECKING:
@@ -95,21 +97,13 @@ class ResponseTracker:
         if self.terminal or self.response is None:
             return []
         self.terminal = True
-        response = dict(self.response)
-        response["status"] = "failed"
-        response["error"] = {"code": code, "message": message}
-        response["output"] = [self.items[i] for i in sorted(self.items)]
-        if not response.get("usage"):
-            response["usage"] = usage_object()
-        seq = self.last_seq + 1
-        error = Event.build(
-            {"type": "error", "sequence_number": seq, "code": code, "message": message, "param": None}
-        )
-        failed = Event.build({"type": "response.failed", "sequence_number": seq + 1, "response": response})
+        output = [self.items[i] for i in sorted(self.items)]
+        _, ending = failed_ending(self.response, code, message, self.last_seq + 1, output=output)
+        failed = ending[-1]
         if self.run is not None:
             try:
-                await self.runtime.engine._finish(self.run, failed)
+                await self.runtime.engine.finish(self.run, failed)
             except ProxyError as exc:
-                log.error("could not store the ended response %s: %r", response.get("id"), exc)
+                log.error("could not store the ended response %s: %r", self.response.get("id"), exc)
         self.runtime.metrics.inc("wsproxy_ended_responses_total", transport=self.transport, code=code)
-        return [error, failed]
+        return ending

@@ -3,12 +3,17 @@
 The rules (lanes, queueing, connection-local cache) live in :class:`wsproxy.core.session.
 SessionRules`; this module only moves data:
 
-- auth happens at the handshake; a bad key is refused *before* the upgrade with a 401 and
-  OpenAI's JSON error (clients see the status code);
+- admission (shutdown, key, rate limit) happened before the upgrade (``wsproxy.asgi.admission``:
+  a bad key is a 401 the client sees); the principal is in the scope;
 - one reader loop parses ``response.create`` frames and hands them to the rules; each started
-  response runs in its own task, owned by the session and cancelled when it ends;
-- a response task writes its frame itself while nothing is ahead of it (the write returns at
-  once unless the client's TCP window is full). Behind a blocked write, frames queue for one
+  response runs in its own task, owned by the session and cancelled when it ends, through a
+  :class:`~wsproxy.asgi.sink.ResponseSink` with the WebSocket formatter
+  (``wsproxy.asgi.formats.WSFormat``): lifecycle, terminal guarantee and accounting are the sink's;
+- a response task writes its frame itself while nothing is ahead of it: synchronously through
+  the server's frame writer (the ASGI extension ``wsproxy.frames``, see
+  ``wsproxy.server.websocket_protocol``) when there is one, else with the plain ASGI send (with
+  ``wsproxy.more`` when another frame follows at once); either returns at once unless the
+  client's TCP window is full. Behind a blocked write, frames queue for one
   writer task (the bounded queue and the task are made the first time they are needed): a slow
   client blocks the write or fills the queue, which blocks the response tasks, and they stop
   reading their upstream (backpressure). A client that takes nothing for
@@ -21,7 +26,7 @@ SessionRules`; this module only moves data:
   the grace period; those still running then end with ``response.failed``
   (``server_shutting_down``, stored first), and the socket closes with 1001;
 - a client that leaves mid-response gets its upstream request closed at once (the response's
-  events iterator is closed) and its partial usage recorded (``wsproxy.asgi.tracking``).
+  events iterator is closed) and its partial usage recorded (the sink).
 
 Close codes: 1000 normal/age limit, 1001 shutdown, 1008 policy, 1009 too big (uvicorn), 1011
 internal error, 1013 slow client.
@@ -31,28 +36,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import weakref
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import orjson
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from wsproxy.asgi.render import error_response, ws_error, ws_event_text
-from wsproxy.asgi.tracking import SHUTDOWN_CODE, SHUTDOWN_MESSAGE, ResponseTracker
+from wsproxy.asgi.admission import principal_of, runtime_of
+from wsproxy.asgi.formats import WSFormat
+from wsproxy.asgi.render import ws_error
+from wsproxy.asgi.sink import ResponseSink, SlowClient
+from wsproxy.asgi.tracking import SHUTDOWN_CODE
 from wsproxy.core.request import CreateRequest, parse_create
 from wsproxy.core.session import SessionRules
 from wsproxy.errors import InvalidRequest, ProxyError
-from wsproxy.policy.auth import bearer_token, key_from_subprotocols
 from wsproxy.service.wiring import Runtime
+
+if TYPE_CHECKING:
+    from wsproxy.service.engine import ResponseRun
 
 log = logging.getLogger("wsproxy.ws")
 
 _CLOSE = object()  # writer sentinel
-
-
-class _SlowClient(Exception):
-    pass
 
 
 class _ShutdownWatch:
@@ -90,36 +97,45 @@ def _shutdown_watch(runtime: Runtime) -> _ShutdownWatch:
     return watch
 
 
-async def websocket_endpoint(websocket: WebSocket) -> None:
-    runtime: Runtime = websocket.app.state.runtime
-    key = bearer_token(websocket.headers.get("authorization"))
-    offered = websocket.scope.get("subprotocols") or []
-    proto_key, echo = key_from_subprotocols(offered)
-    try:
-        if not runtime.ready:
-            raise ProxyError("The server is shutting down.", status=503, code="server_shutting_down")
-        principal = runtime.keyring.authenticate(key or proto_key)
-        if runtime.limiter.enabled:
-            runtime.limiter.check(principal or "anonymous", time.monotonic())
-    except ProxyError as exc:
-        runtime.metrics.inc("wsproxy_ws_rejected_total", status=str(exc.status))
-        await websocket.send_denial_response(error_response(exc))
-        return
-    await websocket.accept(subprotocol=echo)
-    session = WSSession(websocket, runtime, principal)
-    runtime.metrics.gauge("wsproxy_ws_connections", 1)
-    runtime.session_opened()
-    try:
-        await session.run()
-    finally:
-        runtime.session_closed()
-        runtime.metrics.gauge("wsproxy_ws_connections", -1)
+class WebSocketMode:
+    """The ASGI app of ``WebSocketRoute("/v1/responses")``: a plain ASGI callable, so the session
+    holds the raw ASGI ``send`` (Starlette's ``WebSocket.send`` checks the state per frame)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime = runtime_of(scope)
+        principal = principal_of(scope)
+        websocket = WebSocket(scope, receive, send)
+        await websocket.accept(subprotocol=principal.subprotocol)
+        frames = scope.get("extensions", {}).get("wsproxy.frames")
+        session = WSSession(websocket, runtime, principal.id, send=send, frames=frames)
+        runtime.metrics.gauge("wsproxy_ws_connections", 1)
+        runtime.session_opened()
+        try:
+            await session.run()
+        finally:
+            runtime.session_closed()
+            runtime.metrics.gauge("wsproxy_ws_connections", -1)
 
 
 class WSSession:
-    def __init__(self, websocket: WebSocket, runtime: Runtime, principal: str | None) -> None:
+    """One WebSocket connection: its reader, its responses (lanes), its outgoing frames.
+
+    ``send`` is the raw ASGI send of the connection; ``frames`` the server's synchronous frame
+    writer (``scope["extensions"]["wsproxy.frames"]``), if it offers one."""
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        runtime: Runtime,
+        principal: str | None,
+        *,
+        send: Send,
+        frames: Any = None,
+    ) -> None:
         limits = runtime.settings.limits
         self.ws = websocket
+        self.raw_send = send
+        self.frames = frames
         self.runtime = runtime
         self.principal = principal
         self.limits = limits
@@ -169,6 +185,23 @@ class WSSession:
     def _writer_done(self, _: asyncio.Task[None]) -> None:
         self.wakeup("writer")
 
+    def write_nowait(self, frames: Sequence[tuple[bytes, bool]]) -> int:
+        """Write frames now, synchronously, while nothing is ahead of them; how many were
+        written (a prefix: the rest goes through :meth:`send`, in order)."""
+        writer = self.frames
+        if writer is None or self._busy or self.closed:
+            return 0
+        out = self.out
+        if out is not None and not out.empty():
+            return 0
+        write = writer.write_text
+        written = 0
+        for data, more in frames:
+            if not write(data, more):
+                break
+            written += 1
+        return written
+
     async def send(self, text: str | bytes, more: bool = False) -> None:
         if self.closed:
             raise asyncio.CancelledError
@@ -176,6 +209,9 @@ class WSSession:
         if not self._busy and (out is None or out.empty()):
             # Nothing is ahead of this frame: it is written now, from this task, instead of
             # waking the writer task for it (one event-loop hop less per delta).
+            frames = self.frames
+            if frames is not None and frames.write_text(text, more):
+                return
             await self._write_now(text, more)
             return
         out = self._outgoing()
@@ -186,7 +222,7 @@ class WSSession:
                 async with asyncio.timeout(self.limits.slow_client_timeout):
                     await out.put(text)
             except TimeoutError:
-                raise _SlowClient from None
+                raise SlowClient from None
 
     async def _write_now(self, text: str | bytes, more: bool = False) -> None:
         """A send returns at once unless the client's TCP window is full; then it waits (the
@@ -208,7 +244,7 @@ class WSSession:
             # with one syscall; any other server ignores the key.
             message["wsproxy.more"] = True
         try:
-            await self.ws._send(message)
+            await self.raw_send(message)
         except OSError:
             # The client is gone: the session ends (as when the writer task finds it gone).
             self.ws.application_state = WebSocketState.DISCONNECTED
@@ -228,14 +264,14 @@ class WSSession:
         if loop.time() < due:
             self._stuck_timer = loop.call_at(due, self._check_stuck)
         else:
-            self._slow()
+            self.slow()
 
     async def writer(self, out: asyncio.Queue[Any]) -> None:
         # Every frame here is a websocket.send on an accepted socket that the session closes only
         # after the writer has stopped: Starlette's WebSocket.send would check that state per
         # frame (~0.8 us). The raw ASGI send is called instead, and its rule for a send that
         # fails (the client is gone) is kept here, once.
-        send = self.ws._send
+        send = self.raw_send
         try:
             while True:
                 item = await out.get()
@@ -356,11 +392,11 @@ class WSSession:
     async def reader(self) -> None:
         try:
             await self._read()
-        except _SlowClient:
+        except SlowClient:
             # Frames keep coming but the client reads none of our answers.
-            self._slow()
+            self.slow()
 
-    def _slow(self) -> None:
+    def slow(self) -> None:
         log.warning("closing slow websocket client (no progress for %ss)", self.limits.slow_client_timeout)
         self.close_code = 1013
         self.runtime.metrics.inc("wsproxy_slow_clients_total", transport="ws")
@@ -421,71 +457,25 @@ class WSSession:
             task.add_done_callback(self.tasks.discard)
 
     async def respond(self, lane: str | None, request: CreateRequest) -> None:
+        """One response on ``lane``, run by a sink (lifecycle, shutdown ending, accounting)."""
         runtime = self.runtime
-        run = None
-        ok = False
-        tracker: ResponseTracker | None = None
-        events: Any = None
-        task = asyncio.current_task()
-        assert task is not None
-        runtime.response_started()
-        runtime.streaming.add(task)
-        try:
-            run = await runtime.engine.prepare(
+        sink = ResponseSink(runtime, WSFormat(self, lane))
+
+        def prepare() -> Awaitable[ResponseRun]:
+            return runtime.engine.prepare(
                 request, self.principal, cache=lambda rid: self.rules.lookup(rid, lane)
             )
-            tracker = ResponseTracker(runtime, run, "ws")
-            events = runtime.engine.events(run)
-            async for event in events:
-                await self.send(ws_event_text(event, lane), event.more)
-                tracker.saw(event)
-            ok = run.status == "completed"
-        except ProxyError as exc:
-            await self.send(ws_error(exc, lane))
-        except _SlowClient:
-            if tracker is not None:
-                tracker.cancelled("slow_client")
-            self._slow()
-        except asyncio.CancelledError:
-            if not runtime.grace_over or self.closed:
-                if tracker is not None:
-                    # The session ended under it: the client left, or read nothing (1013).
-                    tracker.cancelled("slow_client" if self.close_code == 1013 else "client_gone")
-                raise
-            task.uncancel()  # the shutdown grace is over: end it properly
-            await self._end(events, tracker, lane, SHUTDOWN_CODE, SHUTDOWN_MESSAGE, 503)
-        except Exception:
-            log.exception("websocket response failed unexpectedly")
-            await self._end(events, tracker, lane, "server_error", "The server failed while streaming.", 500)
+
+        try:
+            await sink.serve(prepare=prepare)
         finally:
-            runtime.streaming.discard(task)
-            if events is not None:
-                await events.aclose()  # closes the upstream request (client gone, slow, ended)
-            runtime.response_ended()
-            self.rules.finished(lane, request, run.final if run is not None else None, ok)
+            run = sink.run
+            final = run.final if run is not None else None
+            self.rules.finished(lane, request, final, run is not None and run.status == "completed")
             if not self.closed:
                 self._start_ready()
             if self.rules.idle and self._idle is not None and not self._idle.done():
                 self._idle.set_result(None)
 
-    async def _end(
-        self,
-        events: Any,
-        tracker: ResponseTracker | None,
-        lane: str | None,
-        code: str,
-        message: str,
-        status: int,
-    ) -> None:
-        """End a response the engine could not: a terminal event if the client saw it start,
-        else an ``error`` event. Bounded: the client may be the reason it could not end."""
-        if events is not None:
-            await events.aclose()
-        ending = await tracker.end(code, message) if tracker is not None else []
-        if not ending and (tracker is None or not tracker.terminal):
-            await self._send_direct(ws_error(ProxyError(message, status=status, code=code), lane))
-        for event in ending:
-            await self._send_direct(ws_event_text(event, lane).encode())
 
-
-__all__ = ["WebSocketDisconnect", "websocket_endpoint"]
+__all__ = ["WSSession", "WebSocketMode"]

@@ -6,6 +6,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from wsproxy.errors import ClientError, error_json
+
 # The largest request head (request line + headers) accepted; more is a 431.
 MAX_HEAD_BYTES = 64 * 1024
 
@@ -35,11 +37,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head and self._messages == messages and not self.transport.is_closing():
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head_bytes:
-                body = (
-                    b'{"error":{"message":"Request header fields are larger than '
-                    + str(self.max_head_bytes).encode()
-                    + b' bytes.","type":"invalid_request_error","param":null,'
-                    + b'"code":"headers_too_large"}}'
+                body = error_json(
+                    ClientError(
+                        f"Request header fields are larger than {self.max_head_bytes} bytes.",
+                        status=431,
+                        code="headers_too_large",
+                    )
                 )
                 self.transport.write(
                     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"

@@ -265,7 +265,7 @@ class Engine:
                 event, pending = pending, None
                 last_seq = event.seq
                 if event.terminal:
-                    await self._finish(run, event)
+                    await self.finish(run, event)
                     run.events_sent += 1
                     yield event
                     return
@@ -283,7 +283,7 @@ class Engine:
             builder.seq, builder.started = last_seq + 1, last_seq >= 0
             for event in builder.fail(*failure):
                 if event.terminal:
-                    await self._finish(run, event)
+                    await self.finish(run, event)
                 yield event
 
     async def _warmup(self, run: ResponseRun) -> AsyncIterator[Event]:
@@ -292,10 +292,13 @@ class Engine:
         events = builder.start(in_progress=False) + builder.complete(usage_object(), int(time.time()))
         for event in events:
             if event.terminal:
-                await self._finish(run, event)
+                await self.finish(run, event)
             yield event
 
-    async def _finish(self, run: ResponseRun, terminal: Event) -> None:
+    async def finish(self, run: ResponseRun, terminal: Event) -> None:
+        """``terminal`` ends ``run``: its final record is set, usage recorded, and (``store``) it
+        is stored. Called before the terminal event is yielded; the edge calls it for a response
+        it ends itself (shutdown, a bug), so that ending is stored like any other."""
         payload = terminal.json()
         response = payload.get("response") or {}
         record = StoredResponse(
