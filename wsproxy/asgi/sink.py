@@ -10,7 +10,7 @@ an event stream or one JSON body, and how they reach the connection); the lifecy
   its upstream). A client that takes nothing for ``slow_client_timeout`` is dropped
   (:class:`SlowClient`, or the transport's own watch);
 - **client gone**: the response is cancelled, the upstream request closed at once (the events
-  iterator is closed) and the partial usage recorded (``wsproxy.asgi.tracking``);
+  iterator is closed) and the partial usage recorded (:class:`ResponseTracker`, below);
 - **shutdown**: when the grace period is over the runtime cancels the task serving the response;
   the sink ends it with ``error`` + ``response.failed`` (``server_shutting_down``), stored first;
 - **terminal guarantee**: whatever stops a response that the client saw start (the upstream
@@ -37,10 +37,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from wsproxy.asgi.tracking import SHUTDOWN_CODE, SHUTDOWN_MESSAGE, ResponseTracker
-from wsproxy.core.events import Event
+from wsproxy.core.events import TERMINAL_TYPES, Event, failed_ending
 from wsproxy.core.records import StoredResponse
 from wsproxy.errors import ProxyError
 
@@ -48,7 +47,10 @@ if TYPE_CHECKING:
     from wsproxy.service.engine import ResponseRun
     from wsproxy.service.wiring import Runtime
 
-log = logging.getLogger("wsproxy.sink")
+log = logging.getLogger("wsproxy.edge")
+
+SHUTDOWN_CODE = "server_shutting_down"
+SHUTDOWN_MESSAGE = "The server is shutting down; this response was ended before it completed."
 
 # How long ending a response (sink-made terminal event, error, end of body) may take: the client
 # may be why the response could not end normally.
@@ -249,3 +251,83 @@ class ResponseSink:
         aclose = getattr(events, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+class ResponseTracker:
+    """The accounting half of a sink: what the client was handed, to record partial usage when
+    it leaves and to build the failed ending when the sink must end the response itself.
+
+    It parses only the small events it needs (``response.created`` for the snapshot the client
+    saw, ``response.output_item.done`` for the items so far); deltas are only counted. The
+    failed ending is :func:`wsproxy.core.events.failed_ending`, stored by ``Engine.finish``."""
+
+    __slots__ = ("deltas", "items", "last_seq", "response", "run", "runtime", "sent", "terminal", "transport")
+
+    def __init__(self, runtime: Runtime, run: ResponseRun | None, transport: str) -> None:
+        self.runtime = runtime
+        self.run = run
+        self.transport = transport
+        self.sent = 0
+        self.deltas = 0
+        self.last_seq = -1
+        self.response: dict[str, Any] | None = None
+        self.items: dict[int, dict[str, Any]] = {}
+        self.terminal = False
+
+    def saw(self, event: Event) -> None:
+        """``event`` was handed to the client's transport."""
+        self.sent += 1
+        self.last_seq = event.seq if event.seq >= 0 else self.last_seq + 1
+        kind = event.type
+        if kind.endswith(".delta"):
+            self.deltas += 1
+        elif kind == "response.output_item.done":
+            payload = event.json()
+            index, item = payload.get("output_index"), payload.get("item")
+            if isinstance(index, int) and isinstance(item, dict):
+                self.items[index] = item
+        elif kind in ("response.created", "response.queued"):
+            response = event.json().get("response")
+            if isinstance(response, dict):
+                self.response = response
+        elif kind in TERMINAL_TYPES:
+            self.terminal = True
+
+    @property
+    def provider(self) -> str:
+        return (self.run.provider_used if self.run is not None else None) or "unknown"
+
+    def cancelled(self, reason: str) -> None:
+        """The response was abandoned (``reason``: client_gone, slow_client): record partial usage."""
+        if self.terminal or self.run is None:
+            return
+        metrics = self.runtime.metrics
+        metrics.inc("wsproxy_cancelled_responses_total", transport=self.transport, reason=reason)
+        metrics.inc("wsproxy_partial_output_tokens_total", float(self.deltas), provider=self.provider)
+        log.info(
+            "response cancelled reason=%s transport=%s provider=%s response=%s events=%d "
+            "partial_output_tokens~%d",
+            reason,
+            self.transport,
+            self.provider,
+            (self.response or {}).get("id", self.run.response_id),
+            self.sent,
+            self.deltas,
+        )
+
+    async def end(self, code: str, message: str) -> list[Event]:
+        """Events that end the response now (``error`` + ``response.failed``), stored first.
+        Empty when it already ended, or when the client has seen no response to end."""
+        if self.terminal or self.response is None:
+            return []
+        self.terminal = True
+        output = [self.items[i] for i in sorted(self.items)]
+        _, ending = failed_ending(self.response, code, message, self.last_seq + 1, output=output)
+        failed = ending[-1]
+        if self.run is not None:
+            try:
+                await self.runtime.engine.finish(self.run, failed)
+            except ProxyError as exc:
+                log.error("could not store the ended response %s: %r", self.response.get("id"), exc)
+        self.runtime.metrics.inc("wsproxy_ended_responses_total", transport=self.transport, code=code)
+        return ending

@@ -47,8 +47,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from wsproxy.asgi.admission import principal_of, runtime_of
 from wsproxy.asgi.formats import WSFormat
 from wsproxy.asgi.render import ws_error
-from wsproxy.asgi.sink import ResponseSink, SlowClient
-from wsproxy.asgi.tracking import SHUTDOWN_CODE
+from wsproxy.asgi.sink import SHUTDOWN_CODE, ResponseSink, SlowClient
 from wsproxy.core.request import CreateRequest, parse_create
 from wsproxy.core.session import SessionRules
 from wsproxy.errors import InvalidRequest, ProxyError

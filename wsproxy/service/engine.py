@@ -12,6 +12,14 @@ they cannot drift apart. Guarantees of that stream:
 - a stored response is in the store before its terminal event is yielded, so a client can
   retrieve it as soon as it sees the event;
 - closing the iterator (client gone) closes the upstream request at once.
+
+Retries, by concern -- this module does only the third:
+
+- connection-level resend (``wsproxy.upstream.pool``): a request the server never saw;
+- provider-level retry (``wsproxy.upstream.http.HTTPProvider``): the same provider, with backoff;
+- **fallback** (here, :meth:`Engine.events`): when a provider fails *before its first event* with
+  a retryable error (after its own retries), the next target of the route (``aliases``) is
+  tried, once each, in order. After the first event nothing is retried anywhere.
 """
 
 from __future__ import annotations
