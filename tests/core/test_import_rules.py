@@ -1,4 +1,5 @@
-"""ARCHITECTURE.md: nothing in core, dialects or policy awaits, reads the clock or the environment,
+"""ARCHITECTURE.md (the layering between parts is tests/test_layering.py's): nothing in core,
+dialects or policy awaits, reads the clock or the environment,
 or imports an edge. Checked on the source (every import statement, also inside functions) and on a
 fresh interpreter (what importing these packages actually loads)."""
 
@@ -17,7 +18,16 @@ FORBIDDEN = frozenset(
     {"starlette", "httpx2", "httpx", "uvicorn", "asyncio", "time", "os", "socket", "sqlite3", "redis"}
 )
 # wsproxy modules the pure packages may reach (directly or through each other).
-EDGES = ("wsproxy.asgi", "wsproxy.upstream", "wsproxy.local", "wsproxy.settings", "wsproxy.cli", "wsproxy.server", "wsproxy.service", "wsproxy.store")
+EDGES = (
+    "wsproxy.asgi",
+    "wsproxy.upstream",
+    "wsproxy.local",
+    "wsproxy.settings",
+    "wsproxy.cli",
+    "wsproxy.server",
+    "wsproxy.service",
+    "wsproxy.store",
+)
 
 
 def imported_modules(path: Path) -> set[str]:
