@@ -24,6 +24,7 @@ Retries, by concern -- this module does only the third:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
@@ -231,8 +232,9 @@ class Engine:
 
     async def events(self, run: ResponseRun) -> AsyncIterator[Event]:
         if not run.request.generate:
-            async for event in self._warmup(run):
-                yield event
+            async with contextlib.aclosing(self._warmup(run)) as warmup:
+                async for event in warmup:
+                    yield event
             return
         last_error: ProxyError | None = None
         for index, target in enumerate(run.targets):
@@ -251,15 +253,18 @@ class Engine:
                     continue
                 raise
             run.provider_used = target.provider
-            async for event in self._guarded(run, stream, first):
-                yield event
+            # Closed with this iterator (the client left): the provider's stream is closed now,
+            # not when the garbage collector finalizes the inner generator.
+            async with contextlib.aclosing(self._guarded(run, stream, first)) as guarded:
+                async for event in guarded:
+                    yield event
             return
         assert last_error is not None
         raise last_error
 
     async def _guarded(
         self, run: ResponseRun, stream: AsyncGenerator[Event, None], first: Event | None
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Forward a provider's events; make sure exactly one terminal event ends them."""
         last_seq = -1
         pending = first
@@ -294,7 +299,7 @@ class Engine:
                     await self.finish(run, event)
                 yield event
 
-    async def _warmup(self, run: ResponseRun) -> AsyncIterator[Event]:
+    async def _warmup(self, run: ResponseRun) -> AsyncGenerator[Event, None]:
         """``generate: false``: prepare state without running the model."""
         builder = ResponseBuilder(run.response_id, run.request.model, run.created_at, run.request.body)
         events = builder.start(in_progress=False) + builder.complete(usage_object(), int(time.time()))
