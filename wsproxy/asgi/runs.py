@@ -1,4 +1,5 @@
-"""Background responses, replay and resume of event streams.
+"""Background responses, replay and resume of event streams: the edge half (the runs themselves
+are ``wsproxy.service.runs``'s).
 
 A ``background: true`` request runs in a task owned by the runtime, not by the client connection:
 the POST returns as soon as the response exists (``in_progress``), and the response runs on. Its
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
@@ -27,9 +27,10 @@ from wsproxy.asgi.formats import sse_response
 from wsproxy.asgi.render import json_response
 from wsproxy.core.events import Event
 from wsproxy.core.replay import replay_events
-from wsproxy.errors import InvalidRequest, ProxyError, response_not_found
+from wsproxy.errors import InvalidRequest, response_not_found
 from wsproxy.service.engine import ResponseRun
 from wsproxy.service.runs import BackgroundRun
+from wsproxy.service.runs import start_background as run_in_background
 from wsproxy.service.wiring import Runtime
 from wsproxy.store.base import StoredResponse
 
@@ -37,58 +38,16 @@ log = logging.getLogger("wsproxy.background")
 
 
 async def start_background(runtime: Runtime, run: ResponseRun, stream: bool) -> Response:
-    """Start ``run`` detached from the client; answer once the response exists."""
+    """Start ``run`` detached from the client; answer once the response exists: its snapshot,
+    or (``stream``) its event log followed live."""
     if not run.request.store:
         raise InvalidRequest(
             "Background responses require store=true.", param="background", code="invalid_request_error"
         )
-    entry = BackgroundRun(run)
-    run.request.body["background"] = True
-    first_seen = asyncio.get_running_loop().create_future()
-
-    async def drive() -> None:
-        runtime.response_started()
-        try:
-            async for event in runtime.engine.events(run):
-                if not first_seen.done():
-                    entry.snapshot = event.json().get("response") or {}
-                    entry.response_id = str(entry.snapshot.get("id") or run.response_id)
-                    runtime.background.runs[entry.response_id] = entry
-                    first_seen.set_result(None)
-                entry.append(event)
-        except ProxyError as exc:
-            if not first_seen.done():
-                first_seen.set_exception(exc)
-        except asyncio.CancelledError:
-            await _store_cancelled(runtime, entry)
-            raise
-        finally:
-            if not first_seen.done():
-                first_seen.set_exception(ProxyError("The response ended before it started."))
-            runtime.background.mark_finished(entry)
-            runtime.response_ended()
-
-    entry.task = runtime.spawn(drive(), f"background-{run.response_id}")
-    await first_seen
+    entry = await run_in_background(runtime, run)
     if stream:
         return sse_response(runtime, entry.follow(-1))
     return json_response({**entry.snapshot, "background": True})
-
-
-async def _store_cancelled(runtime: Runtime, entry: BackgroundRun) -> None:
-    run = entry.run
-    response = dict(run.final.response if run.final else entry.snapshot)
-    response["status"] = "cancelled"
-    record = StoredResponse(
-        id=entry.response_id or run.response_id,
-        response=response,
-        input_items=run.effective_input,
-        owner=run.principal,
-        created_at=time.time(),
-        extra={"provider": run.provider_used},
-    )
-    run.final = record
-    await asyncio.shield(runtime.store.put(record))
 
 
 async def cancel_background(request: Request, runtime: Runtime) -> Response:

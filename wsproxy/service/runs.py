@@ -1,8 +1,11 @@
-"""Background responses: the registry of runs detached from any client connection.
+"""Background responses: runs detached from any client connection, and their registry.
 
-A background run keeps its events in a bounded log, so a client can replay them from any
-``sequence_number`` and follow the live stream. Finished runs stay for ``RETENTION`` seconds
+:func:`start_background` runs a response in a task owned by the runtime (not by the client's
+connection) and returns once the response exists. A background run keeps its events in a
+bounded log, so a client can replay them from any ``sequence_number`` and follow the live stream.
+Cancelled, it is stored with status ``cancelled``. Finished runs stay for ``RETENTION`` seconds
 (at most ``MAX_FINISHED`` of them) so that a client whose stream dropped can resume exactly.
+No transport here: the edge (``wsproxy.asgi.runs``) answers the client.
 """
 
 from __future__ import annotations
@@ -10,12 +13,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from wsproxy.core.events import Event
-from wsproxy.service.engine import ResponseRun
+from wsproxy.core.records import StoredResponse
+from wsproxy.errors import ProxyError
+from wsproxy.service.engine import Engine, ResponseRun
+from wsproxy.store.base import ResponseStore
 
 RETENTION = 600.0
 MAX_FINISHED = 1000
@@ -79,3 +85,67 @@ class BackgroundRegistry:
                 break
             self.finished.popitem(last=False)
             self.runs.pop(rid, None)
+
+
+class RunHost(Protocol):
+    """What a background run needs of the runtime (``wsproxy.service.wiring.Runtime``)."""
+
+    engine: Engine
+    store: ResponseStore
+    background: BackgroundRegistry
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
+
+    def response_started(self) -> None: ...
+
+    def response_ended(self) -> None: ...
+
+
+async def start_background(host: RunHost, run: ResponseRun) -> BackgroundRun:
+    """Run ``run`` in a task of the runtime; return once its first event (the response) exists.
+    A ``ProxyError`` before that is raised here."""
+    entry = BackgroundRun(run)
+    run.request.body["background"] = True
+    first_seen = asyncio.get_running_loop().create_future()
+
+    async def drive() -> None:
+        host.response_started()
+        try:
+            async for event in host.engine.events(run):
+                if not first_seen.done():
+                    entry.snapshot = event.json().get("response") or {}
+                    entry.response_id = str(entry.snapshot.get("id") or run.response_id)
+                    host.background.runs[entry.response_id] = entry
+                    first_seen.set_result(None)
+                entry.append(event)
+        except ProxyError as exc:
+            if not first_seen.done():
+                first_seen.set_exception(exc)
+        except asyncio.CancelledError:
+            await _store_cancelled(host, entry)
+            raise
+        finally:
+            if not first_seen.done():
+                first_seen.set_exception(ProxyError("The response ended before it started."))
+            host.background.mark_finished(entry)
+            host.response_ended()
+
+    entry.task = host.spawn(drive(), f"background-{run.response_id}")
+    await first_seen
+    return entry
+
+
+async def _store_cancelled(host: RunHost, entry: BackgroundRun) -> None:
+    run = entry.run
+    response = dict(run.final.response if run.final else entry.snapshot)
+    response["status"] = "cancelled"
+    record = StoredResponse(
+        id=entry.response_id or run.response_id,
+        response=response,
+        input_items=run.effective_input,
+        owner=run.principal,
+        created_at=time.time(),
+        extra={"provider": run.provider_used},
+    )
+    run.final = record
+    await asyncio.shield(host.store.put(record))
