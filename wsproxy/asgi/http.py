@@ -4,7 +4,7 @@ plain ``GET``.
 The request was admitted already (``wsproxy.asgi.admission``: shutdown, key, rate limit); a
 ``ProxyError`` raised here is rendered by the app's one exception handler. The answer is run by
 the response sink with the SSE or JSON formatter (``wsproxy.asgi.formats``); background runs
-are ``wsproxy.asgi.runs``'s.
+are ``wsproxy.asgi.stored``'s.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from starlette.responses import Response
 from wsproxy.asgi.admission import owner_of, runtime_of
 from wsproxy.asgi.formats import json_from_events, sse_response
 from wsproxy.asgi.render import json_response
-from wsproxy.asgi.runs import start_background
+from wsproxy.asgi.stored import start_background
 from wsproxy.core.events import Event
 from wsproxy.core.request import loads_object, parse_create
 from wsproxy.errors import InvalidRequest, PayloadTooLarge, ProxyError, UpstreamError, unknown_parameter

@@ -5,7 +5,7 @@ connection) and returns once the response exists. A background run keeps its eve
 bounded log, so a client can replay them from any ``sequence_number`` and follow the live stream.
 Cancelled, it is stored with status ``cancelled``. Finished runs stay for ``RETENTION`` seconds
 (at most ``MAX_FINISHED`` of them) so that a client whose stream dropped can resume exactly.
-No transport here: the edge (``wsproxy.asgi.runs``) answers the client.
+No transport here: the edge (``wsproxy.asgi.stored``) answers the client.
 """
 
 from __future__ import annotations
