@@ -24,6 +24,7 @@ class Recorder:
     raises SlowClient."""
 
     transport = "http"
+    writes_nowait = True
 
     def __init__(self, take: int | None = None) -> None:
         self.take = take

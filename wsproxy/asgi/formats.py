@@ -85,6 +85,7 @@ class SSEFormat:
     """Events as an SSE stream. See the module docstring."""
 
     transport = "http"
+    writes_nowait = False  # the ASGI send is a coroutine
 
     def __init__(self, client: HTTPClient, limits: LimitSettings, metrics: Metrics) -> None:
         self.client = client
@@ -188,6 +189,7 @@ class JSONFormat:
     """The final response as one JSON body; the events are only accounted for."""
 
     transport = "http"
+    writes_nowait = True
 
     def __init__(self, client: HTTPClient) -> None:
         self.client = client
@@ -238,6 +240,7 @@ class WSFormat:
     """Events as WebSocket text frames on one lane of a session."""
 
     transport = "ws"
+    writes_nowait = True  # through the server's frame writer, when nothing is queued
 
     __slots__ = ("lane", "session", "written")
 

@@ -66,6 +66,9 @@ class Formatter(Protocol):
 
     # The metrics label: "ws" or "http".
     transport: str
+    # False: ``write_nowait`` never writes (no synchronous path): the pull path goes straight
+    # to ``write``.
+    writes_nowait: bool
 
     @property
     def committed(self) -> bool:
@@ -234,17 +237,30 @@ class ResponseSink:
             runtime.response_ended()
 
     async def _pump(self, events: AsyncIterator[Event]) -> None:
-        batch: list[Event] = []
+        formatter = self.formatter
+        saw = self.tracker.saw
+        # A transport without synchronous writes (the ASGI send of SSE) skips feed's attempt.
+        direct = not formatter.writes_nowait
+        held: list[Event] = []
+        batch: Sequence[Event]
         async for event in events:
-            batch.append(event)
             if event.more:
-                continue  # another is at hand: one write for both
-            if not self.feed(batch):
+                held.append(event)  # another is at hand: one write for both
+                continue
+            if held:
+                held.append(event)
+                batch, held = held, []
+            else:
+                batch = (event,)
+            if direct:
+                await formatter.write(batch)
+                for item in batch:
+                    saw(item)
+            elif not self.feed(batch):
                 await self.drain()
-            batch = []
-        if batch and not self.feed(batch):
+        if held and not self.feed(held):
             await self.drain()
-        await self.formatter.close(self.run.final if self.run is not None else None)
+        await formatter.close(self.run.final if self.run is not None else None)
 
     async def _close_events(self) -> None:
         events, self._events = self._events, None
