@@ -9,7 +9,7 @@ import sys
 
 from wsproxy import __version__
 from wsproxy.policy.auth import key_digest
-from wsproxy.server.config import serve
+from wsproxy.server.run import serve
 from wsproxy.settings import SettingsError, load_settings
 
 

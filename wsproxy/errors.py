@@ -20,12 +20,14 @@ WebSocket ``error`` event.
     └── StoreError                  500 the response store failed
 
 ``retryable`` says whether a fallback provider may be tried *before any output reached the client*.
-This module is pure: no I/O, no clock.
+This module is pure: no I/O, no clock. :func:`error_json` is the one encoding of an error body.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import orjson
 
 
 class ProxyError(Exception):
@@ -124,6 +126,13 @@ class TranslationError(ProxyError):
 class StoreError(ProxyError):
     status = 500
     code = "server_error"
+
+
+def error_json(error: ProxyError) -> bytes:
+    """The body of an HTTP error answer: ``{"error": {"message", "type", "param", "code"}}``.
+    The one encoding of an error body: the ASGI edge (``wsproxy.asgi.render``) and the server's
+    own answers written before any ASGI app runs (the 431 of an oversized head) both use it."""
+    return orjson.dumps({"error": error.body()})
 
 
 def invalid_param(param: str, message: str, code: str = "invalid_value") -> InvalidRequest:

@@ -1,5 +1,5 @@
-"""SSEResponse on its own: events that arrived together (``Event.more``) go out in one write,
-and every other event in a write of its own, at once."""
+"""The SSE answer on its own (sink + SSE formatter): events that arrived together
+(``Event.more``) go out in one write, and every other event in a write of its own, at once."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
 
-from wsproxy.asgi.http import SSEResponse
+from wsproxy.asgi.formats import sse_response
 from wsproxy.core.events import Event
 from wsproxy.core.sse import encode_event
 from wsproxy.observability.metrics import Metrics
@@ -23,7 +23,14 @@ def event(seq: int, more: bool = False) -> Event:
 
 
 async def test_events_that_arrived_together_are_written_at_once() -> None:
-    runtime: Any = SimpleNamespace(settings=SimpleNamespace(limits=LimitSettings()), metrics=Metrics())
+    runtime: Any = SimpleNamespace(
+        settings=SimpleNamespace(limits=LimitSettings()),
+        metrics=Metrics(),
+        grace_over=False,
+        streaming=set(),
+        response_started=lambda: None,
+        response_ended=lambda: None,
+    )
     a, b, c, d, e = event(0), event(1, more=True), event(2, more=True), event(3), event(4, more=True)
     writes_when: list[int] = []  # how many events the producer had handed over at each write
     handed = 0
@@ -41,7 +48,11 @@ async def test_events_that_arrived_together_are_written_at_once() -> None:
         sent.append(message)
         writes_when.append(handed)
 
-    await SSEResponse(runtime, events()).stream(send)
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()  # the client stays
+        raise AssertionError
+
+    await sse_response(runtime, events())({"type": "http"}, receive, send)
     bodies = [m["body"] for m in sent if m["type"] == "http.response.body"]
     one = [encode_event(x.type, x.data) for x in (a, b, c, d, e)]
     # a alone; b and c (marked) with d, the first unmarked one after them; e (marked, but the

@@ -1,6 +1,7 @@
 """ARCHITECTURE.md: nothing in core, dialects or policy awaits, reads the clock or the environment,
 or imports an edge. Checked on the source (every import statement, also inside functions) and on a
-fresh interpreter (what importing these packages actually loads)."""
+fresh interpreter (what importing these packages actually loads). The layering between all the
+parts is tests/test_layering.py's."""
 
 from __future__ import annotations
 

@@ -270,3 +270,32 @@ async def test_frames_marked_more_go_out_in_one_write_and_never_wait_past_the_lo
     await proto.send({"type": "websocket.send", "text": texts[3], "wsproxy.more": True})
     await aio.sleep(0)
     assert transport.writes == [wire[0] + wire[1] + wire[2], wire[3]]
+
+
+def test_frames_are_written_through_the_frame_writer_extension(
+    make_cli_proxy: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The app finds ``scope["extensions"]["wsproxy.frames"]`` and writes the deltas through it,
+    synchronously; frames it refuses (compressed ones) take the ASGI send. The client sees one
+    ordered stream either way."""
+    calls = {"written": 0, "refused": 0}
+    original = srv.LeanWebSocketProtocol.write_text
+
+    def counting(self: Any, text: Any, more: bool = False) -> bool:
+        done = original(self, text, more)
+        calls["written" if done else "refused"] += 1
+        return done
+
+    monkeypatch.setattr(srv.LeanWebSocketProtocol, "write_text", counting)
+    server = make_cli_proxy()
+    url = f"ws://127.0.0.1:{server.port}/v1/responses"
+    with connect(url, compression="deflate", open_timeout=5) as ws:
+        writer = one_session(server).scope["extensions"]["wsproxy.frames"]
+        assert isinstance(writer, srv.FrameWriter) and not writer.paused
+        events = run_response(ws, input="through the frame writer", store=False)
+    assert events[-1]["type"] == "response.completed"
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    deltas = sum(e["type"].endswith(".delta") for e in events)
+    # Every small frame went through write_text; the large ones (response.created, .completed:
+    # over the 1 KB deflate threshold) were refused there and compressed on uvicorn's path.
+    assert calls["written"] >= deltas > 0 and calls["refused"] >= 1

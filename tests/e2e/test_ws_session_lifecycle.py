@@ -129,7 +129,7 @@ async def test_a_failed_send_becomes_a_disconnect_written_directly_or_by_the_wri
         websocket = WebSocket({"type": "websocket", "path": "/v1/responses", "headers": []}, receive, send)
         websocket.application_state = WebSocketState.CONNECTED
         runtime: Any = SimpleNamespace(settings=SimpleNamespace(limits=LimitSettings()))
-        return ws_module.WSSession(websocket, runtime, None), websocket
+        return ws_module.WSSession(websocket, runtime, None, send=send), websocket
 
     session, websocket = session_for(send)
     await session.send("a")

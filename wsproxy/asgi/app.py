@@ -4,9 +4,11 @@
 ``WebSocketRoute`` and ``Route`` side by side. The runtime (pools, store, tasks) is built in the
 lifespan and closed there; nothing exists at import time.
 
-Every request first passes the browser guards (``wsproxy.asgi.guards``: Host, Origin, CORS, JSON
-POSTs). ``POST /v1/client_secrets`` mints short-lived secrets (``wsproxy.asgi.client_secrets``);
-``GET /`` is the playground (``wsproxy.asgi.playground``).
+Middleware (pure ASGI, outermost first): :class:`wsproxy.asgi.access_log.AccessLogMiddleware`
+(request ids, access logs), :class:`wsproxy.asgi.guards.BrowserGuards` (host, origin, CORS, JSON
+only), :class:`wsproxy.asgi.admission.Admission` (shutdown, key or client secret, rate limit; the
+caller in the scope). Endpoints raise ``ProxyError``; :func:`wsproxy.asgi.render.handle_proxy_error`
+renders it.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from starlette.routing import Route, WebSocketRoute
 
 from wsproxy.asgi import conversations, playground, stored, usage
 from wsproxy.asgi.access_log import AccessLogMiddleware
+from wsproxy.asgi.admission import Admission, runtime_of
 from wsproxy.asgi.client_secrets import create_client_secret, model_visible
 from wsproxy.asgi.guards import BrowserGuards
-from wsproxy.asgi.http import authenticate, compact, create_response, responses_get, runtime_of
-from wsproxy.asgi.render import error_response, json_response
-from wsproxy.asgi.ws import websocket_endpoint
+from wsproxy.asgi.http import compact, create_response, responses_get
+from wsproxy.asgi.render import handle_proxy_error, json_response
+from wsproxy.asgi.ws import WebSocketMode
 from wsproxy.errors import ProxyError
 from wsproxy.observability.metrics import CONTENT_TYPE
 from wsproxy.service.wiring import open_runtime
@@ -38,10 +41,6 @@ log = logging.getLogger("wsproxy")
 
 async def list_models(request: Request) -> Response:
     runtime = runtime_of(request)
-    try:
-        authenticate(runtime, request)
-    except ProxyError as exc:
-        return error_response(exc)
     created = int(runtime.started_at)
     data = [
         {
@@ -95,7 +94,7 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
             await runtime.aclose()
 
     routes = [
-        WebSocketRoute("/v1/responses", websocket_endpoint),
+        WebSocketRoute("/v1/responses", WebSocketMode()),
         Route("/v1/responses", create_response, methods=["POST"]),
         Route("/v1/responses", responses_get, methods=["GET"]),
         Route("/v1/responses/compact", compact, methods=["POST"]),
@@ -114,5 +113,12 @@ def create_app(settings: Settings, environ: Mapping[str, str] | None = None) -> 
         Middleware(AccessLogMiddleware),
         # Host and Origin checks, CORS and the JSON-only POST rule, before any route (asgi/guards.py).
         Middleware(BrowserGuards, settings=settings),
+        # Shutdown, the key or client secret, the rate limit: the caller in the scope.
+        Middleware(Admission),
     ]
-    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    return Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={ProxyError: handle_proxy_error},
+        lifespan=lifespan,
+    )

@@ -145,8 +145,7 @@ async def create_client_secret(request: Request) -> Response:
                 status=403,
                 code="client_secret_not_allowed",
             )
-        if runtime.limiter.enabled:
-            runtime.limiter.check(principal or "anonymous", time.monotonic())
+        # (The rate limit was applied at admission, wsproxy.asgi.admission.)
         body = await _small_body(request)
         obj = loads_object(body) if body.strip() else {}
         ask = parse_mint_request(obj, runtime.settings.client_secret_max_seconds)

@@ -23,7 +23,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from wsproxy.asgi.http import authenticate, read_body, runtime_of
+from wsproxy.asgi.admission import owner_of, runtime_of
+from wsproxy.asgi.http import read_body
 from wsproxy.asgi.render import error_response, json_response
 from wsproxy.core.conversations import (
     CREATE_FIELDS,
@@ -43,12 +44,12 @@ Handler = Callable[[Request, Conversations, str | None], Awaitable[Any]]
 
 
 def _endpoint(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """Authenticate, run ``handler``, render its JSON or its error."""
+    """Run ``handler`` for the admitted caller; render its JSON or its error."""
 
     async def endpoint(request: Request) -> Response:
         runtime = runtime_of(request)
         try:
-            principal = authenticate(runtime, request)
+            principal = owner_of(request)
             return json_response(await handler(request, runtime.engine.conversations, principal))
         except ProxyError as exc:
             return error_response(exc)

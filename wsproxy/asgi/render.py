@@ -1,7 +1,11 @@
 """The one place errors and events become bytes for a client.
 
-- HTTP: ``{"error": {...}}`` JSON with the error's status (and its headers, e.g. retry-after).
-- SSE: ``event:``/``data:`` lines; an error before any event is an HTTP error instead.
+- HTTP: ``{"error": {...}}`` JSON with the error's status (and its headers, e.g. retry-after);
+  the body is :func:`wsproxy.errors.error_json`, which the server's own 431 uses too. Handlers
+  raise ``ProxyError``; :func:`handle_proxy_error` (the app's one exception handler) renders it,
+  and code that owns its ASGI cycle (middleware, the sink) calls :func:`send_error`.
+- SSE: ``event:``/``data:`` lines (``wsproxy.core.sse``); an error before any event is an HTTP
+  error instead.
 - WebSocket: the nested ``error`` envelope with ``status`` (and ``stream_id`` on a lane; a
   ``retry-after`` goes in ``error.headers``); events
   get ``stream_id`` spliced in without re-encoding.
@@ -12,27 +16,58 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Send
 
 from wsproxy.core.events import Event
-from wsproxy.errors import ProxyError
+from wsproxy.errors import ProxyError, error_json
 
 
-def error_response(error: ProxyError) -> Response:
+def _error_headers(error: ProxyError) -> dict[str, str]:
     headers = dict(error.headers)
     if 400 <= error.status < 500 and error.status not in (408, 429):
         # The SDK retries 409 and friends; a client error must not be retried unchanged.
         headers["x-should-retry"] = "false"
+    return headers
+
+
+def error_response(error: ProxyError) -> Response:
     return Response(
-        orjson.dumps({"error": error.body()}),
+        error_json(error),
         status_code=error.status,
         media_type="application/json",
-        headers=headers,
+        headers=_error_headers(error),
     )
+
+
+async def handle_proxy_error(request: Request, exc: Exception) -> Response:
+    """The app's exception handler for ``ProxyError``: every handler just raises."""
+    assert isinstance(exc, ProxyError)
+    return error_response(exc)
 
 
 def json_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json", headers=headers)
+
+
+async def send_error(send: Send, error: ProxyError, prefix: str = "") -> None:
+    """``error`` as a whole HTTP answer on a raw ASGI ``send``. ``prefix="websocket."`` answers
+    a WebSocket handshake with it (the ASGI denial response: the client sees the status)."""
+    body = error_json(error)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in _error_headers(error).items()]
+    await send({"type": prefix + "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": prefix + "http.response.body", "body": body})
+
+
+async def send_json(send: Send, payload: Any, extra: dict[str, str] | None = None) -> None:
+    body = orjson.dumps(payload)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if extra:
+        headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 # Error headers a WebSocket client gets inside the error object (it has no response headers).
@@ -91,11 +126,12 @@ def _ws_stream_error(data: bytes) -> bytes:
     return orjson.dumps(out)
 
 
-def ws_event_text(event: Event, stream_id: str | None) -> str:
-    """The text frame of an event; on a named lane ``stream_id`` is added as the first key."""
+def ws_event_frame(event: Event, stream_id: str | None) -> bytes:
+    """The text frame of an event (UTF-8); on a named lane ``stream_id`` is the first key. An
+    in-stream ``error`` event takes WebSocket mode's nested shape."""
     data = event.data
     if event.type == "error":
         data = _ws_stream_error(data)
     if stream_id is not None:
         data = b'{"stream_id":' + orjson.dumps(stream_id) + b"," + data[1:]
-    return data.decode()
+    return data

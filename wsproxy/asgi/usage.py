@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from wsproxy.asgi.http import identify, runtime_of
+from wsproxy.asgi.admission import identity_of, runtime_of
 from wsproxy.asgi.render import error_response, json_response
 from wsproxy.errors import ProxyError, unknown_parameter
 from wsproxy.policy.usage import date_range, utc_date
@@ -25,7 +25,7 @@ _PARAMS = frozenset({"start_date", "end_date", "key"})
 async def usage(request: Request) -> Response:
     runtime = runtime_of(request)
     try:
-        principal = identify(runtime, request)
+        principal = identity_of(request)  # admitted already (wsproxy.asgi.admission)
         params = request.query_params
         unknown = next((k for k in params if k not in _PARAMS), None)
         if unknown is not None:

@@ -3,12 +3,17 @@
 The rules (lanes, queueing, connection-local cache) live in :class:`wsproxy.core.session.
 SessionRules`; this module only moves data:
 
-- auth happens at the handshake; a bad key is refused *before* the upgrade with a 401 and
-  OpenAI's JSON error (clients see the status code);
+- admission (shutdown, key, rate limit) happened before the upgrade (``wsproxy.asgi.admission``:
+  a bad key is a 401 the client sees); the principal is in the scope;
 - one reader loop parses ``response.create`` frames and hands them to the rules; each started
-  response runs in its own task, owned by the session and cancelled when it ends;
-- a response task writes its frame itself while nothing is ahead of it (the write returns at
-  once unless the client's TCP window is full). Behind a blocked write, frames queue for one
+  response runs in its own task, owned by the session and cancelled when it ends, through a
+  :class:`~wsproxy.asgi.sink.ResponseSink` with the WebSocket formatter
+  (``wsproxy.asgi.formats.WSFormat``): lifecycle, terminal guarantee and accounting are the sink's;
+- a response task writes its frame itself while nothing is ahead of it: synchronously through
+  the server's frame writer (the ASGI extension ``wsproxy.frames``, see
+  ``wsproxy.server.websocket_protocol``) when there is one, else with the plain ASGI send (with
+  ``wsproxy.more`` when another frame follows at once); either returns at once unless the
+  client's TCP window is full. Behind a blocked write, frames queue for one
   writer task (the bounded queue and the task are made the first time they are needed): a slow
   client blocks the write or fills the queue, which blocks the response tasks, and they stop
   reading their upstream (backpressure). A client that takes nothing for
@@ -17,11 +22,14 @@ SessionRules`; this module only moves data:
 - the session waits on one future, woken by whichever comes first: the reader or writer ending,
   a stuck client, the age limit (a timer), or shutdown (one watch task per runtime);
 - at the connection age limit the client gets ``websocket_connection_limit_reached`` and a 1000
-  close; on shutdown, queued responses get a 503 ``server_shutting_down`` error, running ones get
-  the grace period; those still running then end with ``response.failed``
+  close; a session opened with a client secret gets ``client_secret_expired`` and a 1008 close
+  when the secret expires; on shutdown, queued responses get a 503 ``server_shutting_down``
+  error, running ones get the grace period; those still running then end with ``response.failed``
   (``server_shutting_down``, stored first), and the socket closes with 1001;
 - a client that leaves mid-response gets its upstream request closed at once (the response's
-  events iterator is closed) and its partial usage recorded (``wsproxy.asgi.tracking``).
+  events iterator is closed) and its partial usage recorded (the sink);
+- toward OpenAI-native providers each lane's responses go over an upstream WebSocket of its own
+  (``wsproxy.service.ws_upstream``), closed with the session.
 
 Close codes: 1000 normal/age limit, 1001 shutdown, 1008 policy, 1009 too big (uvicorn), 1011
 internal error, 1013 slow client.
@@ -33,30 +41,32 @@ import asyncio
 import logging
 import time
 import weakref
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import orjson
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from wsproxy.asgi.access_log import request_id_of
-from wsproxy.asgi.client_secrets import allow_model, grant_for
-from wsproxy.asgi.render import error_response, ws_error, ws_event_text
-from wsproxy.asgi.tracking import SHUTDOWN_CODE, SHUTDOWN_MESSAGE, ResponseTracker
+from wsproxy.asgi.admission import principal_of, runtime_of
+from wsproxy.asgi.client_secrets import allow_model
+from wsproxy.asgi.formats import WSFormat
+from wsproxy.asgi.render import ws_error
+from wsproxy.asgi.sink import SHUTDOWN_CODE, ResponseSink, SlowClient
 from wsproxy.core.request import CreateRequest, parse_create
 from wsproxy.core.session import SessionRules
 from wsproxy.errors import InvalidRequest, ProxyError, Unauthorized
-from wsproxy.policy.auth import bearer_token, key_from_subprotocols
 from wsproxy.policy.client_secrets import ClientSecret
 from wsproxy.policy.keys import Principal
 from wsproxy.service.wiring import Runtime
 
+if TYPE_CHECKING:
+    from wsproxy.service.engine import ResponseRun
+
 log = logging.getLogger("wsproxy.ws")
 
 _CLOSE = object()  # writer sentinel
-
-
-class _SlowClient(Exception):
-    pass
 
 
 class _ShutdownWatch:
@@ -94,49 +104,58 @@ def _shutdown_watch(runtime: Runtime) -> _ShutdownWatch:
     return watch
 
 
-async def websocket_endpoint(websocket: WebSocket) -> None:
-    runtime: Runtime = websocket.app.state.runtime
-    key = bearer_token(websocket.headers.get("authorization"))
-    offered = websocket.scope.get("subprotocols") or []
-    proto_key, echo = key_from_subprotocols(offered)
-    try:
-        if not runtime.ready:
-            raise ProxyError("The server is shutting down.", status=503, code="server_shutting_down")
-        # A client secret first, then the keyring (wsproxy.asgi.client_secrets).
-        grant = grant_for(runtime, key or proto_key)
-        principal = grant.identity
-        if runtime.limiter.enabled:
-            runtime.limiter.check(principal.name if principal else "anonymous", time.monotonic())
-    except ProxyError as exc:
-        runtime.metrics.inc("wsproxy_ws_rejected_total", status=str(exc.status))
-        await websocket.send_denial_response(error_response(exc))
-        return
-    await websocket.accept(subprotocol=echo)
-    session = WSSession(websocket, runtime, principal, grant.secret)
-    runtime.metrics.gauge("wsproxy_ws_sessions", 1)
-    runtime.session_opened()
-    try:
-        await session.run()
-    finally:
-        runtime.session_closed()
-        runtime.metrics.gauge("wsproxy_ws_sessions", -1)
+class WebSocketMode:
+    """The ASGI app of ``WebSocketRoute("/v1/responses")``: a plain ASGI callable, so the session
+    holds the raw ASGI ``send`` (Starlette's ``WebSocket.send`` checks the state per frame)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime = runtime_of(scope)
+        caller = principal_of(scope)
+        websocket = WebSocket(scope, receive, send)
+        await websocket.accept(subprotocol=caller.subprotocol)
+        frames = scope.get("extensions", {}).get("wsproxy.frames")
+        session = WSSession(websocket, runtime, caller.identity, caller.secret, send=send, frames=frames)
+        runtime.metrics.gauge("wsproxy_ws_sessions", 1)
+        runtime.session_opened()
+        try:
+            await session.run()
+        finally:
+            runtime.session_closed()
+            runtime.metrics.gauge("wsproxy_ws_sessions", -1)
 
 
 class WSSession:
+    """One WebSocket connection: its reader, its responses (lanes), its outgoing frames.
+
+    ``send`` is the raw ASGI send of the connection; ``frames`` the server's synchronous frame
+    writer (``scope["extensions"]["wsproxy.frames"]``), if it offers one."""
+
     def __init__(
         self,
         websocket: WebSocket,
         runtime: Runtime,
         principal: Principal | None,
         secret: ClientSecret | None = None,
+        *,
+        send: Send,
+        frames: Any = None,
     ) -> None:
         limits = runtime.settings.limits
         self.ws = websocket
+        self.raw_send = send
+        self.frames = frames
         self.runtime = runtime
+        # The caller's principal (scopes, limits) and its owner id.
         self.identity = principal
         self.principal = principal.name if principal else None
         # Opened with a client secret: its model scope, and its expiry closes the session.
         self.secret = secret
+        # For every response of the session: the handshake's request id and trace context.
+        self.request_id = request_id_of(websocket.scope)
+        self.traceparent = websocket.headers.get("traceparent")
+        # Upstream WebSockets (wsproxy.service.ws_upstream): one socket per lane and provider.
+        upstreams = getattr(runtime, "ws_upstream", None)
+        self.upstreams = upstreams.session() if upstreams is not None else None
         self.limits = limits
         self.rules = SessionRules(
             max_inflight=limits.ws_max_inflight,
@@ -164,9 +183,6 @@ class WSSession:
         self._busy = 0
         self._since = 0.0
         self._stuck_timer: asyncio.TimerHandle | None = None
-        # -- upstream WebSocket (wsproxy.service.ws_upstream): one socket per lane --
-        upstreams = getattr(runtime, "ws_upstream", None)
-        self.upstreams = upstreams.session() if upstreams is not None else None
 
     def wakeup(self, reason: str) -> None:
         wake = self._wake
@@ -187,6 +203,23 @@ class WSSession:
     def _writer_done(self, _: asyncio.Task[None]) -> None:
         self.wakeup("writer")
 
+    def write_nowait(self, frames: Sequence[tuple[bytes, bool]]) -> int:
+        """Write frames now, synchronously, while nothing is ahead of them; how many were
+        written (a prefix: the rest goes through :meth:`send`, in order)."""
+        writer = self.frames
+        if writer is None or self._busy or self.closed:
+            return 0
+        out = self.out
+        if out is not None and not out.empty():
+            return 0
+        write = writer.write_text
+        written = 0
+        for data, more in frames:
+            if not write(data, more):
+                break
+            written += 1
+        return written
+
     async def send(self, text: str | bytes, more: bool = False) -> None:
         if self.closed:
             raise asyncio.CancelledError
@@ -194,6 +227,9 @@ class WSSession:
         if not self._busy and (out is None or out.empty()):
             # Nothing is ahead of this frame: it is written now, from this task, instead of
             # waking the writer task for it (one event-loop hop less per delta).
+            frames = self.frames
+            if frames is not None and frames.write_text(text, more):
+                return
             await self._write_now(text, more)
             return
         out = self._outgoing()
@@ -204,7 +240,7 @@ class WSSession:
                 async with asyncio.timeout(self.limits.slow_client_timeout):
                     await out.put(text)
             except TimeoutError:
-                raise _SlowClient from None
+                raise SlowClient from None
 
     async def _write_now(self, text: str | bytes, more: bool = False) -> None:
         """A send returns at once unless the client's TCP window is full; then it waits (the
@@ -226,7 +262,7 @@ class WSSession:
             # with one syscall; any other server ignores the key.
             message["wsproxy.more"] = True
         try:
-            await self.ws._send(message)
+            await self.raw_send(message)
         except OSError:
             # The client is gone: the session ends (as when the writer task finds it gone).
             self.ws.application_state = WebSocketState.DISCONNECTED
@@ -246,14 +282,14 @@ class WSSession:
         if loop.time() < due:
             self._stuck_timer = loop.call_at(due, self._check_stuck)
         else:
-            self._slow()
+            self.slow()
 
     async def writer(self, out: asyncio.Queue[Any]) -> None:
         # Every frame here is a websocket.send on an accepted socket that the session closes only
         # after the writer has stopped: Starlette's WebSocket.send would check that state per
         # frame (~0.8 us). The raw ASGI send is called instead, and its rule for a send that
         # fails (the client is gone) is kept here, once.
-        send = self.ws._send
+        send = self.raw_send
         try:
             while True:
                 item = await out.get()
@@ -391,11 +427,11 @@ class WSSession:
     async def reader(self) -> None:
         try:
             await self._read()
-        except _SlowClient:
+        except SlowClient:
             # Frames keep coming but the client reads none of our answers.
-            self._slow()
+            self.slow()
 
-    def _slow(self) -> None:
+    def slow(self) -> None:
         log.warning("closing slow websocket client (no progress for %ss)", self.limits.slow_client_timeout)
         self.close_code = 1013
         self.runtime.metrics.inc("wsproxy_slow_clients_total", transport="ws")
@@ -458,78 +494,33 @@ class WSSession:
             task.add_done_callback(self.tasks.discard)
 
     async def respond(self, lane: str | None, request: CreateRequest) -> None:
+        """One response on ``lane``, run by a sink (lifecycle, shutdown ending, accounting)."""
         runtime = self.runtime
-        run = None
-        ok = False
-        tracker: ResponseTracker | None = None
-        events: Any = None
-        task = asyncio.current_task()
-        assert task is not None
-        runtime.response_started()
-        runtime.streaming.add(task)
-        try:
+        sink = ResponseSink(runtime, WSFormat(self, lane))
+
+        async def prepare() -> ResponseRun:
             run = await runtime.engine.prepare(
                 request,
                 self.principal,
                 cache=lambda rid: self.rules.lookup(rid, lane),
-                traceparent=self.ws.headers.get("traceparent"),
-                request_id=request_id_of(self.ws.scope),
+                traceparent=self.traceparent,
+                request_id=self.request_id,
             )
-            # Tenancy hook: scopes, limits (a 429 is an error event), usage, response cache.
+            # Tenancy: scopes, limits (a 429 is an error event), usage, the response cache.
             run.gate = runtime.tenancy.gate_for(self.identity, self.ws.scope.get("client"), self.ws.headers)
-            tracker = ResponseTracker(runtime, run, "ws")
-            upstream = self.upstreams.lane(lane) if self.upstreams is not None else None
-            events = runtime.engine.events(run, upstream)
-            async for event in events:
-                await self.send(ws_event_text(event, lane), event.more)
-                tracker.saw(event)
-            ok = run.status == "completed"
-        except ProxyError as exc:
-            await self.send(ws_error(exc, lane))
-        except _SlowClient:
-            if tracker is not None:
-                tracker.cancelled("slow_client")
-            self._slow()
-        except asyncio.CancelledError:
-            if not runtime.grace_over or self.closed:
-                if tracker is not None:
-                    # The session ended under it: the client left, or read nothing (1013).
-                    tracker.cancelled("slow_client" if self.close_code == 1013 else "client_gone")
-                raise
-            task.uncancel()  # the shutdown grace is over: end it properly
-            await self._end(events, tracker, lane, SHUTDOWN_CODE, SHUTDOWN_MESSAGE, 503)
-        except Exception:
-            log.exception("websocket response failed unexpectedly")
-            await self._end(events, tracker, lane, "server_error", "The server failed while streaming.", 500)
+            return run
+
+        upstream = self.upstreams.lane(lane) if self.upstreams is not None else None
+        try:
+            await sink.serve(prepare=prepare, upstream=upstream)
         finally:
-            runtime.streaming.discard(task)
-            if events is not None:
-                await events.aclose()  # closes the upstream request (client gone, slow, ended)
-            runtime.response_ended()
-            self.rules.finished(lane, request, run.final if run is not None else None, ok)
+            run = sink.run
+            final = run.final if run is not None else None
+            self.rules.finished(lane, request, final, run is not None and run.status == "completed")
             if not self.closed:
                 self._start_ready()
             if self.rules.idle and self._idle is not None and not self._idle.done():
                 self._idle.set_result(None)
 
-    async def _end(
-        self,
-        events: Any,
-        tracker: ResponseTracker | None,
-        lane: str | None,
-        code: str,
-        message: str,
-        status: int,
-    ) -> None:
-        """End a response the engine could not: a terminal event if the client saw it start,
-        else an ``error`` event. Bounded: the client may be the reason it could not end."""
-        if events is not None:
-            await events.aclose()
-        ending = await tracker.end(code, message) if tracker is not None else []
-        if not ending and (tracker is None or not tracker.terminal):
-            await self._send_direct(ws_error(ProxyError(message, status=status, code=code), lane))
-        for event in ending:
-            await self._send_direct(ws_event_text(event, lane).encode())
 
-
-__all__ = ["WebSocketDisconnect", "websocket_endpoint"]
+__all__ = ["WSSession", "WebSocketMode"]

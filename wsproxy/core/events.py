@@ -17,7 +17,7 @@ Ids and ``created_at`` are injected, so transcripts are reproducible.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
@@ -165,6 +165,45 @@ def usage_object(
     }
 
 
+def failed_ending(
+    response: dict[str, Any],
+    code: str,
+    message: str,
+    seq: int,
+    *,
+    output: list[dict[str, Any]] | None = None,
+    usage: dict[str, Any] | None = None,
+    error_event: bool = True,
+    closing: Sequence[Event] = (),
+) -> tuple[dict[str, Any], list[Event]]:
+    """The one way a response ends in failure: ``error`` (OpenAI's flat SSE shape, numbered
+    ``seq``), then the ``closing`` events the caller already numbered after it (items closed as
+    ``incomplete``), then ``response.failed`` carrying ``response`` with status ``failed``, the
+    error, ``output`` (when given, else the response's own) and ``usage`` (when given, else the
+    response's own, else zeros). Returns the failed response object (a new dict; ``response``
+    is not changed) and the events. Used by the event builder, the passthrough translator and
+    the edge that ends a response the engine could not (shutdown, a bug)."""
+    failed = dict(response)
+    failed["status"] = "failed"
+    failed["error"] = {"code": code, "message": message}
+    if output is not None:
+        failed["output"] = output
+    if usage is not None:
+        failed["usage"] = usage
+    elif not failed.get("usage"):
+        failed["usage"] = usage_object()
+    events: list[Event] = []
+    if error_event:
+        error = {"type": "error", "sequence_number": seq, "code": code, "message": message, "param": None}
+        events.append(Event("error", orjson.dumps(error), seq))
+        seq += 1
+    events.extend(closing)
+    seq += len(closing)
+    payload = {"type": "response.failed", "sequence_number": seq, "response": failed}
+    events.append(Event("response.failed", orjson.dumps(payload), seq))
+    return failed, events
+
+
 class _OpenItem:
     """The item currently streaming: its index, the item dict and the open part, if any."""
 
@@ -243,15 +282,27 @@ class ResponseBuilder:
     def fail(
         self, code: str, message: str, usage: dict[str, Any] | None = None, *, error_event: bool = True
     ) -> list[Event]:
-        """``error`` (OpenAI's flat SSE shape) then ``response.failed``; open items are closed
-        as ``incomplete`` so no item is left dangling."""
+        """``error`` (OpenAI's flat SSE shape) then ``response.failed`` (:func:`failed_ending`);
+        open items are closed as ``incomplete`` between the two, so no item is left dangling."""
         if self.finished:
             return []
         events = self.start()
+        error_seq = self.seq
         if error_event:
-            events.append(self._event("error", code=code, message=message, param=None))
-        events += self._terminal("failed", usage, error={"code": code, "message": message})
-        return events
+            self.seq += 1  # the error event's number: the closing events follow it
+        closing = self.close_item("incomplete")
+        self.finished = True
+        self.response, ending = failed_ending(
+            self.response,
+            code,
+            message,
+            error_seq,
+            usage=usage if usage is not None else usage_object(),
+            error_event=error_event,
+            closing=closing,
+        )
+        self.seq = ending[-1].seq + 1
+        return events + ending
 
     def _terminal(
         self,
@@ -260,7 +311,6 @@ class ResponseBuilder:
         *,
         completed_at: int | None = None,
         incomplete_reason: str | None = None,
-        error: dict[str, Any] | None = None,
     ) -> list[Event]:
         if self.finished:
             return []
@@ -274,8 +324,6 @@ class ResponseBuilder:
             resp["completed_at"] = completed_at
         if incomplete_reason is not None:
             resp["incomplete_details"] = {"reason": incomplete_reason}
-        if error is not None:
-            resp["error"] = error
         events.append(self._snapshot_event(f"response.{status}"))
         return events
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from wsproxy.core.events import LEGACY_TERMINAL_TYPES, TERMINAL_TYPES, Event, usage_object
+from wsproxy.core.events import LEGACY_TERMINAL_TYPES, TERMINAL_TYPES, Event, failed_ending
 from wsproxy.core.ids import IdFactory
 from wsproxy.core.sse import SSEMessage
 from wsproxy.dialects.base import UpstreamCall, UpstreamRequest
@@ -192,20 +192,15 @@ class PassthroughTranslator:
         if self.done:
             return []
         self.done = True
-        resp = self._response
-        resp["status"] = "failed"
-        resp["error"] = {"code": code, "message": message}
-        resp["output"] = [self._items[i] for i in sorted(self._items)]
-        if resp.get("usage") is None:
-            resp["usage"] = usage_object()
         events = []
         if self.seq == 0:
             # Nothing was forwarded yet: open the response so the failure has a home.
-            resp.setdefault("object", "response")
-            events.append(self._own("response.created", response={**resp, "status": "in_progress"}))
-        events.append(self._own("error", code=code, message=message, param=None))
-        events.append(self._own("response.failed", response=resp))
-        return events
+            self._response.setdefault("object", "response")
+            events.append(self._own("response.created", response={**self._response, "status": "in_progress"}))
+        output = [self._items[i] for i in sorted(self._items)]
+        self._response, ending = failed_ending(self._response, code, message, self.seq, output=output)
+        self.seq += len(ending)
+        return events + ending
 
     def _own(self, kind: str, **fields: Any) -> Event:
         payload = {"type": kind, "sequence_number": self.seq, **fields}

@@ -1,4 +1,4 @@
-"""The uvicorn configuration and the entry point that runs it (``serve``)."""
+"""The uvicorn configuration ``wsproxy serve`` runs (protocol classes, limits, deflate)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ from typing import Any
 
 import uvicorn
 
-from wsproxy.observability.logs import configure_logging
-from wsproxy.server.graceful import GracefulServer
 from wsproxy.server.http_protocol import MAX_HEAD_BYTES, BoundedHttpToolsProtocol
 from wsproxy.server.websocket_protocol import LeanWebSocketProtocol, deflate_factory
 from wsproxy.settings import Settings
@@ -50,15 +48,3 @@ def build_config(settings: Settings, app: Any = None) -> uvicorn.Config:
     # Read by LeanWebSocketProtocol (uvicorn builds protocols from the config alone).
     config.wsproxy_deflate = deflate_factory(limits.ws_compression_min_bytes)  # type: ignore[attr-defined]
     return config
-
-
-def serve(settings: Settings) -> int:
-    """Run ``wsproxy serve`` until it is shut down; the process exit status."""
-    configure_logging(settings.log_level, settings.log_format, settings.worker_id)
-    if settings.workers > 1:
-        from wsproxy.server.workers import run_workers
-
-        return run_workers(settings)
-    server = GracefulServer(build_config(settings), settings)
-    server.run()
-    return 0

@@ -6,6 +6,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from wsproxy.errors import ClientError, error_json
+
 # The largest request head (request line + headers) accepted; more is a 431.
 MAX_HEAD_BYTES = 64 * 1024
 
@@ -51,11 +53,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self._reject_head()
 
     def _reject_head(self) -> None:
-        body = (
-            b'{"error":{"message":"Request header fields are larger than '
-            + str(self.max_head_bytes).encode()
-            + b' bytes.","type":"invalid_request_error","param":null,'
-            + b'"code":"headers_too_large"}}'
+        body = error_json(
+            ClientError(
+                f"Request header fields are larger than {self.max_head_bytes} bytes.",
+                status=431,
+                code="headers_too_large",
+            )
         )
         self.transport.write(
             b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"

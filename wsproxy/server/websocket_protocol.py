@@ -1,6 +1,14 @@
 """uvicorn's sans-I/O WebSocket protocol, lean: lazy permessage-deflate with a small window, a
 size threshold under which messages go out uncompressed, and the hot-path text frame written
-directly (header + payload), the frames of one upstream read in one ``transport.write``."""
+directly (header + payload), the frames of one upstream read in one ``transport.write``.
+
+The ASGI extension ``scope["extensions"]["wsproxy.frames"]`` (a :class:`FrameWriter`) lets the
+application write such a frame synchronously, without a coroutine per frame: ``write_text``
+returns False when the frame must take the ordinary ASGI ``websocket.send`` instead (compressed,
+closing, or the transport's buffer is full: then the ASGI send waits, which is the backpressure).
+The plain ASGI send understands one extra key: ``"wsproxy.more": True`` on a ``websocket.send``
+says another frame follows at once, so both may go out in one write. Other servers ignore both.
+"""
 
 from __future__ import annotations
 
@@ -114,41 +122,55 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
         # with the next one, or at the end of this event-loop iteration at the latest.
         self._held: list[bytes] | None = None
 
+    def handle_connect(self, event: Any) -> None:
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)  # (none when the handshake was refused)
+        if scope is not None:
+            scope["extensions"]["wsproxy.frames"] = FrameWriter(self)
+
     async def send(self, message: Any) -> None:
-        # One delta is one text frame: header + UTF-8 payload, written as websockets would write
-        # it (server frames are not masked; a message under the deflate threshold, or on a
-        # connection without extensions, is not transformed). Skipping websockets' Frame and
-        # uvicorn's generic path saves several us per frame. Everything else -- a closing or
-        # paused connection, compression, control frames -- takes uvicorn's path.
-        text = message.get("text") if message["type"] == "websocket.send" else None
-        if (
-            text is not None
-            and self.handshake_complete
+        if message["type"] == "websocket.send":
+            text = message.get("text")
+            if text is not None and self.write_text(text, bool(message.get("wsproxy.more"))):
+                return
+        self._flush_held()
+        await super().send(message)
+
+    def write_text(self, text: str | bytes, more: bool = False) -> bool:
+        """Write a text message now, as one plain frame, if it may go that way; False if not.
+
+        One delta is one text frame: header + UTF-8 payload, written as websockets would write
+        it (server frames are not masked; a message under the deflate threshold, or on a
+        connection without extensions, is not transformed). Skipping websockets' Frame and
+        uvicorn's generic path saves several us per frame. Everything else -- a closing or
+        paused connection, compression, control frames -- takes uvicorn's path (False)."""
+        if not (
+            self.handshake_complete
             and not self.close_sent
             and not self.disconnected
             and self.writable.is_set()
             and self.conn.state is State.OPEN
             and not self.conn.expect_continuation_frame
         ):
-            data = text.encode()
-            if len(data) < self._plain_threshold():
-                frame = text_frame_header(len(data)) + data
-                held = self._held
-                if message.get("wsproxy.more"):
-                    if held is None:
-                        self._held = [frame]
-                        asyncio.get_running_loop().call_soon(self._flush_held)
-                    else:
-                        held.append(frame)
-                elif held:
-                    held.append(frame)
-                    self._held = None
-                    self.transport.write(b"".join(held))
-                else:
-                    self.transport.write(frame)
-                return
-        self._flush_held()
-        await super().send(message)
+            return False
+        data = text.encode() if isinstance(text, str) else text
+        if len(data) >= self._plain_threshold():
+            return False
+        frame = text_frame_header(len(data)) + data
+        held = self._held
+        if more:
+            if held is None:
+                self._held = [frame]
+                asyncio.get_running_loop().call_soon(self._flush_held)
+            else:
+                held.append(frame)
+        elif held:
+            held.append(frame)
+            self._held = None
+            self.transport.write(b"".join(held))
+        else:
+            self.transport.write(frame)
+        return True
 
     def _flush_held(self) -> None:
         held = self._held
@@ -167,3 +189,22 @@ class LeanWebSocketProtocol(WebSocketsSansIOProtocol):
             else:
                 self._plain_below = 0  # an extension we do not know: websockets does it all
         return self._plain_below
+
+
+class FrameWriter:
+    """``scope["extensions"]["wsproxy.frames"]``: synchronous frame writes for the application.
+
+    ``write_text(text, more=False) -> bool``: the text message written now (True), or not at all
+    (False: send it with the ASGI ``websocket.send``, which waits while the client's buffer is
+    full). ``more``: another frame follows at once; the two go out in one write (held at most
+    until the end of this event-loop iteration). ``paused``: the transport's buffer is full."""
+
+    __slots__ = ("_protocol", "write_text")
+
+    def __init__(self, protocol: LeanWebSocketProtocol) -> None:
+        self._protocol = protocol
+        self.write_text = protocol.write_text
+
+    @property
+    def paused(self) -> bool:
+        return not self._protocol.writable.is_set()

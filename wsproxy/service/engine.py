@@ -12,10 +12,19 @@ they cannot drift apart. Guarantees of that stream:
 - a stored response is in the store before its terminal event is yielded, so a client can
   retrieve it as soon as it sees the event;
 - closing the iterator (client gone) closes the upstream request at once.
+
+Retries, by concern -- this module does only the third:
+
+- connection-level resend (``wsproxy.upstream.pool``): a request the server never saw;
+- provider-level retry (``wsproxy.upstream.http.HTTPProvider``): the same provider, with backoff;
+- **fallback** (here, :meth:`Engine.events`): when a provider fails *before its first event* with
+  a retryable error (after its own retries), the next target of the route (``aliases``) is
+  tried, once each, in order. After the first event nothing is retried anywhere.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
@@ -351,7 +360,7 @@ class Engine:
                     run.provider_used = "cache"
                     for event in cached:
                         if event.terminal:
-                            event = await self._finish(run, event)
+                            event = await self.finish(run, event)
                         run.events_sent += 1
                         yield event
                     return
@@ -364,8 +373,9 @@ class Engine:
                     async for event in self._guarded(run, *opened):
                         yield event
                     return
-                async for event in self._warmup(run):
-                    yield event
+                async with contextlib.aclosing(self._warmup(run)) as warmup:
+                    async for event in warmup:
+                        yield event
                 return
             last_error: ProxyError | None = None
             for index, target in enumerate(run.targets):
@@ -388,8 +398,11 @@ class Engine:
                         continue
                     raise
                 run.provider_used = target.provider
-                async for event in self._guarded(run, stream, first):
-                    yield event
+                # Closed with this iterator (the client left): the provider's stream is closed
+                # now, not when the garbage collector finalizes the inner generator.
+                async with contextlib.aclosing(self._guarded(run, stream, first)) as guarded:
+                    async for event in guarded:
+                        yield event
                 return
             assert last_error is not None
             raise last_error
@@ -426,7 +439,7 @@ class Engine:
 
     async def _guarded(
         self, run: ResponseRun, stream: AsyncGenerator[Event, None], first: Event | None
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Forward a provider's events; make sure exactly one terminal event ends them, and that
         the Response carries the ``previous_response_id`` the client asked for."""
         last_seq = -1
@@ -443,16 +456,16 @@ class Engine:
                 if want:
                     event = with_previous(event, want)
                 last_seq = event.seq
-                if not run.first_token_at and event.type.endswith(".delta"):
-                    run.first_token_at = time.monotonic()
                 if event.terminal:
-                    event = await self._finish(run, event)
+                    event = await self.finish(run, event)
                     run.events_sent += 1
                     yield event
                     return
                 run.events_sent += 1
                 if event.type.endswith(".delta"):
                     run.deltas += 1
+                    if not run.first_token_at:
+                        run.first_token_at = time.monotonic()
                 yield event
         except ProxyError as exc:
             log.error("provider %s raised after output began: %r", run.provider_used, exc)
@@ -466,20 +479,23 @@ class Engine:
             builder.seq, builder.started = last_seq + 1, last_seq >= 0
             for event in builder.fail(*failure):
                 if event.terminal:
-                    event = await self._finish(run, event)
+                    event = await self.finish(run, event)
                 yield event
 
-    async def _warmup(self, run: ResponseRun) -> AsyncIterator[Event]:
+    async def _warmup(self, run: ResponseRun) -> AsyncGenerator[Event, None]:
         """``generate: false``: prepare state without running the model."""
         builder = ResponseBuilder(run.response_id, run.request.model, run.created_at, run.request.body)
         events = builder.start(in_progress=False) + builder.complete(usage_object(), int(time.time()))
         for event in events:
             if event.terminal:
-                event = await self._finish(run, event)
+                event = await self.finish(run, event)
             yield event
 
-    async def _finish(self, run: ResponseRun, terminal: Event) -> Event:
-        """Store the response; returns the terminal event to send."""
+    async def finish(self, run: ResponseRun, terminal: Event) -> Event:
+        """``terminal`` ends ``run``: its final record is set, usage recorded, and (``store``) it
+        is stored; returns the terminal event to send (a conversation turn may turn it into a
+        failure). Called before the terminal event is yielded; the edge calls it for a response
+        it ends itself (shutdown, a bug), so that ending is stored like any other."""
         if run.request.conversation is not None:
             turn_input = run.effective_input[run.extra.get(HISTORY_LEN, 0) :]
             terminal = await self.conversations.record_turn(run.request.conversation, turn_input, terminal)

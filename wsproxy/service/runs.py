@@ -18,6 +18,10 @@ owner's process died) ends its stream with a ``response.failed`` event.
 
 Finished runs stay in the owner's memory for ``RETENTION`` seconds (at most ``MAX_FINISHED`` of
 them); in the store, for the store's run TTL.
+
+:func:`start_background` runs a response in a task owned by the runtime (not by the client's
+connection) and returns once the response exists; cancelled, it is stored with status
+``cancelled``. No transport here: the edge (``wsproxy.asgi.stored``) answers the client.
 """
 
 from __future__ import annotations
@@ -26,15 +30,16 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from wsproxy.core.events import Event
-from wsproxy.errors import StoreError
-from wsproxy.service.engine import ResponseRun
+from wsproxy.core.records import StoredResponse
+from wsproxy.errors import ProxyError, StoreError
+from wsproxy.service.engine import Engine, ResponseRun
 from wsproxy.store.base import ResponseStore, RunEvent, RunLog
 
 log = logging.getLogger("wsproxy.background")
@@ -229,6 +234,70 @@ class BackgroundRegistry:
                 break
             self.finished.popitem(last=False)
             self.runs.pop(rid, None)
+
+
+class RunHost(Protocol):
+    """What a background run needs of the runtime (``wsproxy.service.wiring.Runtime``)."""
+
+    engine: Engine
+    store: ResponseStore
+    background: BackgroundRegistry
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]: ...
+
+    def response_started(self) -> None: ...
+
+    def response_ended(self) -> None: ...
+
+
+async def start_background(host: RunHost, run: ResponseRun) -> BackgroundRun:
+    """Run ``run`` in a task of the runtime; return once its first event (the response) exists,
+    registered here and in the store. A ``ProxyError`` before that is raised here."""
+    entry = BackgroundRun(run)
+    run.request.body["background"] = True
+    first_seen = asyncio.get_running_loop().create_future()
+
+    async def drive() -> None:
+        host.response_started()
+        try:
+            async for event in host.engine.events(run):
+                if not first_seen.done():
+                    entry.snapshot = event.json().get("response") or {}
+                    entry.response_id = str(entry.snapshot.get("id") or run.response_id)
+                    await host.background.register(entry)  # here, and in the store
+                    first_seen.set_result(None)
+                entry.append(event)
+        except ProxyError as exc:
+            if not first_seen.done():
+                first_seen.set_exception(exc)
+        except asyncio.CancelledError:
+            await _store_cancelled(host, entry)
+            raise
+        finally:
+            if not first_seen.done():
+                first_seen.set_exception(ProxyError("The response ended before it started."))
+            await host.background.finish(entry)
+            host.response_ended()
+
+    entry.task = host.spawn(drive(), f"background-{run.response_id}")
+    await first_seen
+    return entry
+
+
+async def _store_cancelled(host: RunHost, entry: BackgroundRun) -> None:
+    run = entry.run
+    response = dict(run.final.response if run.final else entry.snapshot)
+    response["status"] = "cancelled"
+    record = StoredResponse(
+        id=entry.response_id or run.response_id,
+        response=response,
+        input_items=run.effective_input,
+        owner=run.principal,
+        created_at=time.time(),
+        extra={"provider": run.provider_used},
+    )
+    run.final = record
+    await asyncio.shield(host.store.put(record))
 
 
 def _owner_gone(state: RunLog, seq: int) -> Event:

@@ -16,6 +16,15 @@ What happens on one attempt:
    ``response.failed`` (never an exception, never a retry).
 4. ``finally`` closes the upstream response: when the client leaves, the generator is closed and
    the upstream sees its request cancelled (connection closed on HTTP/1.1, RST_STREAM on HTTP/2).
+
+Retries, by concern -- this module does only the second:
+
+- connection-level resend (``wsproxy.upstream.pool``): a request the server never saw;
+- **provider-level retry** (here, ``_before_retry``, one step for the streaming and the JSON
+  calls): the same provider again after 429, 5xx, a transport error or timeout, or a stream that
+  broke before its first event; backoff honours ``Retry-After``; bounded by ``max_retries`` and
+  by a deadline; never after an event was yielded;
+- fallback (``wsproxy.service.engine``): another provider, once this one gave up.
 """
 
 from __future__ import annotations

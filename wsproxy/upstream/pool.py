@@ -14,6 +14,17 @@ HTTP/1.1 connections, each at most ``keepalive_expiry`` idle; waiting for a free
 most ``pool_timeout`` (then a 503); connecting at most ``connect_timeout``; a request body not
 read by the provider within ``write_timeout`` fails; silence while reading a body longer than
 ``idle_timeout`` fails (timed per stream, in ``Body``).
+
+Retries, by concern -- this module does only the first:
+
+- **connection-level resend** (here, :meth:`ConnectionPool.request`): a request the server
+  provably never saw (a keep-alive connection it had closed, a refused HTTP/2 stream:
+  ``StaleConnection``) is sent again on another connection, at most ``MAX_ATTEMPTS`` times, at
+  once. Nothing else is retried here: an answer, or a failure after the request may have been
+  processed, goes up as it is;
+- provider-level retry (``wsproxy.upstream.http.HTTPProvider``): 429/5xx/transport errors, with
+  backoff, before the first event;
+- fallback (``wsproxy.service.engine.Engine.events``): the next provider of the route.
 """
 
 from __future__ import annotations
