@@ -54,6 +54,14 @@ token_delay = 0.1
 """
 
 
+def scraped(proxy: UvicornThread, series: str) -> float:
+    """The value of one series in the proxy's /metrics (0 when absent)."""
+    for line in httpx2.get(proxy.url + "/metrics").text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 @pytest.fixture
 def start(tmp_path: Path) -> Iterator[Callable[..., UvicornThread]]:
     servers: list[UvicornThread] = []
@@ -156,6 +164,8 @@ def test_request_limit_over_http_then_websocket(start) -> None:
         conn.send({"type": "response.create", "model": "local", "input": "x", "temperature": "hot"})
         err = until_terminal(conn)[-1]
         assert err.type == "error" and err.status == 400
+    # Each refusal is counted by the limit that refused it (HTTP, SSE, WebSocket: three).
+    assert scraped(proxy, 'wsproxy_rate_limited_total{scope="rpm"}') == 3
 
 
 def test_token_limit_counts_reported_usage(start, tmp_path: Path) -> None:
@@ -333,4 +343,9 @@ def test_response_cache_hits_misses_and_principals(start) -> None:
     rows = wait_for(
         lambda: [r for r in _rows(proxy, "sk-bob") if r["model"] == "local" and r["requests"] >= 7]
     )
+    # The lookups are counted: bob's first and alice's first missed; bob's JSON, SSE and WebSocket
+    # repeats hit (the first repeat may come before the entry is written: a miss, and wait_for
+    # asks again).
+    assert scraped(proxy, 'wsproxy_cache_requests_total{result="hit"}') >= 3
+    assert scraped(proxy, 'wsproxy_cache_requests_total{result="miss"}') >= 2
     assert rows and rows[0]["output_tokens"] < 7 * a["usage"]["output_tokens"]

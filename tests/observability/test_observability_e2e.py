@@ -159,6 +159,12 @@ def test_request_id_echoed_or_generated(proxy: Any) -> None:
         proxy.url.replace("http", "ws") + "/v1/responses", additional_headers={"x-request-id": "ws-req-1"}
     ) as ws:
         assert ws.response.headers["x-request-id"] == "ws-req-1"
+        # The session's error events carry it too, and the session stays open.
+        ws.send(json.dumps({"type": "response.create", "model": "local", "temperature": 9}))
+        error = json.loads(ws.recv(timeout=10))
+        assert error["type"] == "error" and error["request_id"] == "ws-req-1"
+        ws.send("{not json")
+        assert json.loads(ws.recv(timeout=10))["request_id"] == "ws-req-1"
 
 
 def test_access_logs_never_hold_keys_or_bodies(make_proxy: Any, caplog: pytest.LogCaptureFixture) -> None:

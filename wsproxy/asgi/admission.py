@@ -134,7 +134,11 @@ class Admission:
         else:
             caller = Caller(grant.identity, grant.secret, echo)
         if runtime.limiter.enabled:
-            runtime.limiter.check(caller.limit_key, time.monotonic())
+            try:
+                runtime.limiter.check(caller.limit_key, time.monotonic())
+            except ProxyError:
+                runtime.metrics.inc("wsproxy_rate_limited_total", scope="rate_limit_rpm")
+                raise
         return caller
 
     @staticmethod

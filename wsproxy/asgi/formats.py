@@ -241,6 +241,7 @@ class FrameOutput(Protocol):
 
     closed: bool
     close_code: int
+    request_id: str | None
 
     def write_nowait(self, frames: Sequence[tuple[bytes, bool]]) -> int: ...
 
@@ -280,7 +281,7 @@ class WSFormat:
             await send(ws_event_frame(event, lane), event.more)
 
     async def refuse(self, error: ProxyError) -> None:
-        await self.session.send(ws_error(error, self.lane))
+        await self.session.send(ws_error(error, self.lane, request_id=self.session.request_id))
 
     async def close(self, final: StoredResponse | None) -> None:
         pass  # the terminal event was the last frame of this response

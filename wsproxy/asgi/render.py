@@ -74,7 +74,14 @@ async def send_json(send: Send, payload: Any, extra: dict[str, str] | None = Non
 _WS_ERROR_HEADERS = ("retry-after",)
 
 
-def ws_error(error: ProxyError, stream_id: str | None = None, sequence_number: int | None = None) -> bytes:
+def ws_error(
+    error: ProxyError,
+    stream_id: str | None = None,
+    sequence_number: int | None = None,
+    request_id: str | None = None,
+) -> bytes:
+    """An ``error`` event of WebSocket mode; ``request_id``: the session's (its handshake's
+    ``x-request-id``), so that a client can quote it."""
     body = error.body()
     if body.get("code") is None:
         # WebSocket mode's error event always names a code (the SDK's ResponseWsError, Open
@@ -88,6 +95,8 @@ def ws_error(error: ProxyError, stream_id: str | None = None, sequence_number: i
         payload["sequence_number"] = sequence_number
     if stream_id is not None:
         payload["stream_id"] = stream_id
+    if request_id is not None:
+        payload["request_id"] = request_id
     return orjson.dumps(payload)
 
 

@@ -386,14 +386,14 @@ class WSSession:
             "Create a new websocket connection to continue.",
             code="websocket_connection_limit_reached",
         )
-        await self._send_direct(ws_error(err))
+        await self._send_direct(ws_error(err, request_id=self.request_id))
         self.close_code = 1000
 
     async def _secret_expired(self) -> None:
         """The client secret the session was opened with has expired: an ``error`` event, then a
         1008 close (policy). Responses still running end with the session."""
         err = Unauthorized("The client secret has expired.", code="client_secret_expired")
-        await self._send_direct(ws_error(err))
+        await self._send_direct(ws_error(err, request_id=self.request_id))
         self.close_code = 1008
 
     async def _shutdown(self, reader: asyncio.Task[None]) -> None:
@@ -404,7 +404,7 @@ class WSSession:
         self.draining = True
         error = ProxyError("The server is shutting down.", status=503, code=SHUTDOWN_CODE)
         for lane, _ in self.rules.drop_queued():
-            await self._send_direct(ws_error(error, lane))
+            await self._send_direct(ws_error(error, lane, request_id=self.request_id))
         if not self.rules.idle:
             self._idle = asyncio.get_running_loop().create_future()
             try:
@@ -450,7 +450,8 @@ class WSSession:
                     ws_error(
                         InvalidRequest(
                             "Binary frames are not supported; send JSON text frames.", code="invalid_frame"
-                        )
+                        ),
+                        request_id=self.request_id,
                     )
                 )
                 continue
@@ -481,7 +482,7 @@ class WSSession:
             if rejected is not None:
                 raise rejected
         except ProxyError as exc:
-            await self.send(ws_error(exc, stream_id))
+            await self.send(ws_error(exc, stream_id, request_id=self.request_id))
             return
         self._start_ready()
 

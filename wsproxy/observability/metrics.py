@@ -113,7 +113,10 @@ DEFINITIONS: dict[str, Definition] = {
         "counter", "Response cache lookups, by result (hit, miss).", ("result",)
     ),
     "wsproxy_rate_limited_total": Definition(
-        "counter", "Requests refused by a limit (scope: rpm, tpm, day, ip).", ("scope",)
+        "counter",
+        "Requests refused by a limit (scope: a key's rpm, tpm, rpd or tpd; ip_rpm for keyless "
+        "clients; rate_limit_rpm for limits.rate_limit_rpm).",
+        ("scope",),
     ),
     "wsproxy_upstream_retries_total": Definition(
         "counter",

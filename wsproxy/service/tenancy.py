@@ -33,6 +33,7 @@ import orjson
 from wsproxy.core.events import Event
 from wsproxy.core.replay import replay_events
 from wsproxy.errors import ProxyError
+from wsproxy.observability.metrics import Metrics
 from wsproxy.policy import respcache
 from wsproxy.policy.auth import KeyRing
 from wsproxy.policy.keys import (
@@ -85,8 +86,10 @@ class Tenancy:
         store: ResponseStore,
         router: Router,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.router = router
         self.clock = clock
         self.ip_limits = Limits(rpm=settings.limits.ip_rpm)
@@ -116,6 +119,10 @@ class Tenancy:
 
     async def usage(self, key: str | None, start: str, end: str) -> list[dict[str, Any]]:
         return await self.store.usage(key, start, end)
+
+    def count(self, name: str, **labels: str) -> None:
+        if self.metrics is not None:
+            self.metrics.inc(name, 1.0, **labels)
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -170,9 +177,11 @@ class Gate:
                 await self._take(now, 0)
                 self.hit = True
                 run.extra["cache"] = "hit"
+                tenancy.count("wsproxy_cache_requests_total", result="hit")
                 return replay_events(respcache.as_hit(orjson.loads(data), run.response_id, run.created_at))
             self.cache_key = key
             run.extra["cache"] = "miss"
+            tenancy.count("wsproxy_cache_requests_total", result="miss")
         tokens = 0
         if self.limits.tokens:
             max_output = request.body.get("max_output_tokens")
@@ -188,10 +197,14 @@ class Gate:
         big = too_large(charges)
         if big is not None:
             self.admitted = False
+            self.tenancy.count("wsproxy_rate_limited_total", scope=big.kind)
             raise rate_limited(big, now, too_big=True)
         failed = await self.tenancy.store.take_limits(charges, now)
         if failed >= 0:
             self.admitted = False
+            # The scope says which limit: rpm, tpm, rpd, tpd (or ip_rpm for keyless clients).
+            scope = "ip_rpm" if self.principal is None else charges[failed].kind
+            self.tenancy.count("wsproxy_rate_limited_total", scope=scope)
             raise rate_limited(charges[failed], now)
         self.charges = charges
 

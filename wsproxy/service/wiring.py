@@ -231,7 +231,7 @@ async def open_runtime(settings: Settings, environ: Mapping[str, str] | None = N
         limiter=RateLimiter(settings.limits.rate_limit_rpm),
         metrics=metrics,
         providers=providers,
-        tenancy=Tenancy(settings, store, router),
+        tenancy=Tenancy(settings, store, router, metrics=metrics),
         client_secret_key=(
             settings.client_secret_key.encode() if settings.client_secret_key else os.urandom(32)
         ),
