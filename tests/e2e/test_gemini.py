@@ -92,6 +92,22 @@ def test_text_over_json_sse_and_websocket(proxy, gemini) -> None:
     assert ws[-1].response.output_text == "Gemini echo: over websocket"
 
 
+def test_history_that_opens_with_the_assistant_translates(proxy, gemini) -> None:
+    """Real clients send histories that start with the assistant (here with Codex's ``phase``);
+    Gemini refuses those, so wsproxy puts a placeholder user turn first."""
+    fake, _ = gemini
+    history = [
+        {"type": "message", "role": "assistant", "phase": "commentary", "content": "Looking around."},
+        {"type": "message", "role": "assistant", "phase": "final_answer", "content": "Done."},
+        {"type": "message", "role": "user", "content": "and now?"},
+    ]
+    resp = client(proxy).responses.create(model="gem@gemini-2.5-flash", input=history)
+    assert resp.status == "completed" and resp.output_text == "Gemini echo: and now?"
+    sent = fake.requests[-1]["contents"]
+    assert [c["role"] for c in sent] == ["user", "model", "user"]
+    assert "phase" not in json.dumps(sent)
+
+
 def _calls(output: Any) -> list[Any]:
     return [o for o in output if o.type == "function_call"]
 

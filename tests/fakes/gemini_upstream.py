@@ -143,6 +143,11 @@ class FakeGemini:
         for content in contents:
             if content.get("role") not in ("user", "model") or not content.get("parts"):
                 return 400, google_error(400, "Please use a valid role: user, model.")
+        if contents and contents[0].get("role") != "user":
+            # What the real API answers to a history that opens with the model.
+            return 400, google_error(
+                400, "Please ensure that multiturn requests alternate between user and model."
+            )
         for prev, content in itertools.pairwise(contents):
             calls = [p for p in prev["parts"] if "functionCall" in p]
             responses = [p for p in content["parts"] if "functionResponse" in p]
