@@ -216,3 +216,45 @@ async def test_a_bug_mid_stream_ends_the_response_with_server_error(tmp_path: Pa
         assert types == ["response.created", "error", "response.failed"]
         assert rec.events[-1]["response"]["error"]["code"] == "server_error"
         assert run.final is not None and run.final.response["status"] == "failed"
+
+
+class GoneSession:
+    """A WebSocket session (``formats.FrameOutput``) whose client is gone: the first send finds
+    the socket closed, as ``WSSession._write_now`` does, before the session itself has ended."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.close_code = 1000
+        self.request_id: str | None = None
+        self.peer_gone = False
+        self.sends = 0
+
+    def write_nowait(self, frames: Sequence[tuple[bytes, bool]]) -> int:
+        return 0
+
+    async def send(self, data: str | bytes, more: bool = False) -> None:
+        self.sends += 1
+        if self.sends > 2:
+            self.peer_gone = True
+            raise asyncio.CancelledError
+
+    def slow(self) -> None:
+        pass
+
+
+async def test_a_websocket_client_found_gone_by_a_send_is_counted_as_gone(tmp_path: Path) -> None:
+    """The send that finds the client gone comes before the session has ended: the response is
+    still abandoned as ``client_gone`` (partial usage counted), not dropped as a bare cancel."""
+    from wsproxy.asgi.formats import WSFormat
+
+    async with runtime_for(local_settings(tmp_path, token_delay=0.01)) as runtime:
+        session = GoneSession()
+        run = await runtime.engine.prepare(
+            parse_create({"model": "local", "input": "say a lot " * 10}, websocket=True), None
+        )
+        task = asyncio.ensure_future(ResponseSink(runtime, WSFormat(session, None), run).serve())
+        await asyncio.wait_for(task, 5)
+        assert not task.cancelled() and run.final is None
+        text = runtime.metrics.render().decode()
+        assert 'wsproxy_cancelled_responses_total{reason="client_gone",transport="ws"} 1' in text
+        assert runtime.active_responses == 0

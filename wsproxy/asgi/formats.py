@@ -242,6 +242,7 @@ class FrameOutput(Protocol):
     closed: bool
     close_code: int
     request_id: str | None
+    peer_gone: bool
 
     def write_nowait(self, frames: Sequence[tuple[bytes, bool]]) -> int: ...
 
@@ -288,9 +289,10 @@ class WSFormat:
 
     def gone(self) -> str | None:
         session = self.session
-        if not session.closed:
-            return None
-        return "slow_client" if session.close_code == 1013 else "client_gone"
+        if session.close_code == 1013 and (session.closed or session.peer_gone):
+            return "slow_client"
+        # peer_gone: a send found the client gone before the session noticed (it ends soon).
+        return "client_gone" if session.closed or session.peer_gone else None
 
     def on_slow(self) -> None:
         self.session.slow()

@@ -168,6 +168,8 @@ class WSSession:
         self.tasks: set[asyncio.Task[None]] = set()
         self.close_code = 1000
         self.closed = False
+        # A send found the client gone (set before the session itself ends).
+        self.peer_gone = False
         # Shutting down: queued responses are refused, running ones may finish.
         self.draining = False
         self.peer_closed = False
@@ -266,6 +268,7 @@ class WSSession:
         except OSError:
             # The client is gone: the session ends (as when the writer task finds it gone).
             self.ws.application_state = WebSocketState.DISCONNECTED
+            self.peer_gone = True
             self.wakeup("writer")
             raise asyncio.CancelledError from None
         finally:
@@ -305,6 +308,7 @@ class WSSession:
                     self._busy -= 1
         except OSError:
             self.ws.application_state = WebSocketState.DISCONNECTED
+            self.peer_gone = True
             raise WebSocketDisconnect(code=1006) from None
 
     # -- the session ------------------------------------------------------------------------
