@@ -193,12 +193,19 @@ TOOLS = [
 ]
 
 
-async def agent_loop(base_url: str, model: str, turns: int, line: DelayLine) -> list[tuple[float, int]]:
-    """One loop of ``turns`` turns; (seconds, bytes towards the provider) per turn."""
+Loop = tuple[list[tuple[float, int]], float]
+
+
+async def agent_loop(base_url: str, model: str, turns: int, line: DelayLine) -> Loop:
+    """One loop of ``turns`` turns: (seconds, bytes towards the provider) per turn, and the
+    session's wall time from before the client connects to its last terminal event (the pauses
+    that count trailing bytes left out): what an agent waits for, connecting included."""
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(base_url=base_url, api_key="sk-bench", max_retries=0)
     out: list[tuple[float, int]] = []
+    paused = 0.0
+    began = time.perf_counter()
     try:
         async with client.responses.connect() as conn:
             prev: str | None = None
@@ -235,14 +242,17 @@ async def agent_loop(base_url: str, model: str, turns: int, line: DelayLine) -> 
                 elapsed = time.perf_counter() - start
                 if event.type != "response.completed":
                     raise RuntimeError(f"turn {turn}: {event.to_json()}")
+                pause = time.perf_counter()
                 await asyncio.sleep(2 * line.delay + 0.02)  # trailing bytes counted for this turn
+                paused += time.perf_counter() - pause
                 out.append((elapsed, line.up_bytes - up0))
                 prev = event.response.id
                 calls = [o for o in event.response.output if o.type == "function_call"]
                 call_id = calls[0].call_id if calls else None
+            session = time.perf_counter() - began - paused
     finally:
         await client.close()
-    return out
+    return out, session
 
 
 def proxy_config(tmp: Path, upstream_url: str) -> Path:
@@ -313,7 +323,7 @@ def main() -> None:
                 "wsproxy-ws": (proxy_url, "upws@"),
                 "wsproxy-http": (proxy_url, "uphttp@"),
             }
-            results: dict[str, list[list[tuple[float, int]]]] = {k: [] for k in routes}
+            results: dict[str, list[Loop]] = {k: [] for k in routes}
             for url, prefix in routes.values():  # warm-up: connections, imports
                 asyncio.run(agent_loop(url, prefix, 2, line))
             for _ in range(args.reps):
@@ -328,7 +338,7 @@ def main() -> None:
             netns_down()
 
 
-def report(results: dict[str, list[list[tuple[float, int]]]], args: argparse.Namespace, netns: bool) -> None:
+def report(results: dict[str, list[Loop]], args: argparse.Namespace, netns: bool) -> None:
     link = (
         f"netns + tbf {args.rate_mbit} Mbit/s both ways" if netns else "loopback, no rate limit"
     ) + f", {args.rtt_ms:g} ms RTT (delay line)"
@@ -338,22 +348,27 @@ def report(results: dict[str, list[list[tuple[float, int]]]], args: argparse.Nam
     names = list(results)
     print("turn | " + " | ".join(f"{n} ms | {n} up KB" for n in names))
     print("---|" + "---|" * (2 * len(names)))
-    totals = {n: [sum(t for t, _ in loop) for loop in results[n]] for n in names}
+    totals = {n: [sum(t for t, _ in loop) for loop, _ in results[n]] for n in names}
+    sessions = {n: [session for _, session in results[n]] for n in names}
     for i in range(args.turns):
         cells = []
         for n in names:
-            cells.append(f"{statistics.median(loop[i][0] for loop in results[n]) * 1000:.1f}")
-            cells.append(f"{statistics.median(loop[i][1] for loop in results[n]) / 1024:.1f}")
+            cells.append(f"{statistics.median(loop[i][0] for loop, _ in results[n]) * 1000:.1f}")
+            cells.append(f"{statistics.median(loop[i][1] for loop, _ in results[n]) / 1024:.1f}")
         print(f"{i + 1} | " + " | ".join(cells))
     print()
     base = statistics.median(totals["direct"])
+    base_session = statistics.median(sessions["direct"])
     for n in names:
         total = statistics.median(totals[n])
-        up = statistics.median(sum(b for _, b in loop) for loop in results[n]) / 1024
+        session = statistics.median(sessions[n])
+        up = statistics.median(sum(b for _, b in loop) for loop, _ in results[n]) / 1024
         print(
-            f"{n:13s} total {total * 1000:8.1f} ms (median of {args.reps}; runs "
+            f"{n:13s} turns {total * 1000:8.1f} ms (median of {args.reps}; runs "
             f"{', '.join(f'{t * 1000:.0f}' for t in totals[n])})  {total / base - 1:+6.1%} vs direct  "
-            f"upstream {up:7.1f} KB"
+            f"| session incl. connect {session * 1000:8.1f} ms  "
+            f"{session / base_session - 1:+6.1%} vs direct  "
+            f"| upstream {up:7.1f} KB"
         )
 
 
