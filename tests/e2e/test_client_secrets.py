@@ -192,3 +192,16 @@ def test_any_replica_with_the_signing_key_verifies(make_proxy) -> None:
     assert client(two, secret).responses.create(model="local", input="x").status == "completed"
     with pytest.raises(openai.AuthenticationError):
         client(other, secret).responses.create(model="local", input="x")
+
+
+def test_removing_the_minting_key_revokes_its_secrets(make_proxy) -> None:
+    """A secret speaks for the key that minted it: a proxy where that key is no longer
+    configured refuses it at once, before it expires; secrets of the remaining key still work."""
+    before = make_proxy(api_keys=KEYS, client_secret_key=SIGNING)
+    after = make_proxy(api_keys=("sk-b",), client_secret_key=SIGNING)  # sk-a removed
+    of_a = secret_of(before, key="sk-a")
+    of_b = secret_of(before, key="sk-b")
+    assert client(before, of_a).responses.create(model="local", input="x").status == "completed"
+    with pytest.raises(openai.AuthenticationError):
+        client(after, of_a).responses.create(model="local", input="x")
+    assert client(after, of_b).responses.create(model="local", input="x").status == "completed"
