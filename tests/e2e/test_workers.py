@@ -34,13 +34,16 @@ SLOW = "word " * 60  # the local model answers ~50 tokens to it: ~2.5 s at 50 ms
 class WorkersProcess:
     """``python -m wsproxy serve --workers N`` with a SQLite store in ``tmp``."""
 
-    def __init__(self, tmp: Path, workers: int = 2, grace: float = 10.0, token_delay: float = 0.05) -> None:
+    def __init__(
+        self, tmp: Path, workers: int = 2, grace: float = 10.0, token_delay: float = 0.05, top: str = ""
+    ) -> None:
         self.port = free_port()
+        rpm = 4 if "api_keys" in top else 0
         self.log_path = tmp / f"wsproxy-{self.port}.log"
         config = tmp / f"wsproxy-{self.port}.toml"
         config.write_text(
-            f'[store]\nbackend = "sqlite"\npath = "{tmp / "store.sqlite3"}"\n'
-            f"[limits]\nshutdown_grace = {grace}\n"
+            top + f'[store]\nbackend = "sqlite"\npath = "{tmp / "store.sqlite3"}"\n'
+            f"[limits]\nshutdown_grace = {grace}\nrate_limit_rpm = {rpm}\n"
             f'[providers.local]\nkind = "local"\ntoken_delay = {token_delay}\nmodels = ["local"]\n'
         )
         with open(self.log_path, "wb") as log:
@@ -154,6 +157,36 @@ def two(pair: WorkersProcess) -> Iterator[list[tuple[int, httpx2.Client]]]:
 
 
 # -- what is shared ----------------------------------------------------------------------------
+
+
+def test_one_rate_limit_and_one_metrics_view_across_workers(tmp_path: Path) -> None:
+    """``limits.rate_limit_rpm`` = 4 with two workers: 4 requests in a minute in all, not 4 per
+    worker; and either worker's /metrics counts the responses both served."""
+    proxy = WorkersProcess(tmp_path, top='api_keys = ["sk-w"]\n')
+    try:
+        proxy.wait_workers()
+        (pid_a, a), (pid_b, b) = proxy.clients()
+        auth = {"authorization": "Bearer sk-w"}
+        left = 60 - time.time() % 60
+        if left < 10:  # the counter's window is the minute: keep the test inside one
+            time.sleep(left + 0.1)
+        body = {"model": "local", "input": "hi"}
+        answers = [c.post("/v1/responses", json=body, headers=auth) for c in (a, b, a, b)]
+        assert [(worker_pid(r), r.status_code) for r in answers] == [
+            (pid_a, 200), (pid_b, 200), (pid_a, 200), (pid_b, 200)
+        ]  # fmt: skip
+        for c in (a, b):
+            refused = c.post("/v1/responses", json=body, headers=auth)
+            assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+        for c in (a, b):
+            text = c.get("/metrics", headers=auth).text
+            counted = [line for line in text.splitlines() if line.startswith("wsproxy_responses_total{")]
+            assert sum(float(line.rsplit(" ", 1)[1]) for line in counted) == 4, text
+            assert 'wsproxy_rate_limited_total{scope="rate_limit_rpm"} 2.0' in text
+        for _, c in ((pid_a, a), (pid_b, b)):
+            c.close()
+    finally:
+        proxy.stop()
 
 
 def test_many_connections_reach_both_workers_and_see_each_others_responses(pair: WorkersProcess) -> None:

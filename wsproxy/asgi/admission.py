@@ -34,7 +34,8 @@ from wsproxy.asgi.render import send_error
 from wsproxy.errors import ProxyError
 from wsproxy.policy.auth import bearer_token, key_from_subprotocols
 from wsproxy.policy.client_secrets import ClientSecret
-from wsproxy.policy.keys import Principal
+from wsproxy.policy.keys import Limits, Principal
+from wsproxy.policy.limits import plan, rate_limited
 
 if TYPE_CHECKING:
     from wsproxy.service.wiring import Runtime
@@ -109,7 +110,9 @@ class Admission:
             return
         runtime = runtime_of(scope)
         try:
-            scope[PRINCIPAL_KEY] = self.admit(runtime, scope, websocket, method)
+            caller = scope[PRINCIPAL_KEY] = self.admit(runtime, scope, websocket, method)
+            if runtime.shared_rate_limit:
+                await self.shared_limit(runtime, caller)
         except ProxyError as exc:
             await self.refuse(runtime, scope, send, exc, websocket, method)
             return
@@ -133,13 +136,25 @@ class Admission:
             caller = ANONYMOUS
         else:
             caller = Caller(grant.identity, grant.secret, echo)
-        if runtime.limiter.enabled:
+        if runtime.limiter.enabled and not runtime.shared_rate_limit:
             try:
                 runtime.limiter.check(caller.limit_key, time.monotonic())
             except ProxyError:
                 runtime.metrics.inc("wsproxy_rate_limited_total", scope="rate_limit_rpm")
                 raise
         return caller
+
+    @staticmethod
+    async def shared_limit(runtime: Runtime, caller: Caller) -> None:
+        """``limits.rate_limit_rpm`` when several processes share the store (``--workers N``, or
+        replicas on Redis): one counter per key and minute in the store, so N processes enforce
+        one limit, not N (a fixed window instead of the single process's token bucket)."""
+        now = time.time()
+        charges = plan(f"rl:{caller.limit_key}", Limits(rpm=runtime.settings.limits.rate_limit_rpm), now, 0)
+        failed = await runtime.store.take_limits(charges, now)
+        if failed >= 0:
+            runtime.metrics.inc("wsproxy_rate_limited_total", scope="rate_limit_rpm")
+            raise rate_limited(charges[failed], now)
 
     @staticmethod
     async def refuse(

@@ -108,6 +108,12 @@ class Runtime:
     # WebSocket mode over upstream WebSockets (kind = "openai"); made by open_runtime.
     ws_upstream: UpstreamSockets | None = None
 
+    @property
+    def shared_rate_limit(self) -> bool:
+        """``limits.rate_limit_rpm`` is counted in the store when other processes share it."""
+        settings = self.settings
+        return self.limiter.enabled and (settings.workers > 1 or settings.store.backend == "redis")
+
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         """A task owned by the runtime: kept, and cancelled at close."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
