@@ -6,6 +6,8 @@ import pytest
 
 from tests.e2e.cliserver import CliServer
 from tests.e2e.sdk import close_all
+from tests.fakes.servers import HypercornThread
+from tests.fakes.translated_upstreams import FakeAnthropic, FakeChat
 
 
 @pytest.fixture(autouse=True)
@@ -27,3 +29,17 @@ def make_cli_proxy(tmp_path: Path) -> Iterator[Any]:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def translated_upstreams() -> Iterator[dict[str, Any]]:
+    """The fake Chat Completions and Anthropic upstreams, one pair per test module:
+    ``{"chat", "anthropic", "chat_url", "anth_url"}``."""
+    chat, anthropic = FakeChat(), FakeAnthropic()
+    chat_server = HypercornThread(chat).start()
+    anth_server = HypercornThread(anthropic).start()
+    try:
+        yield {"chat": chat, "anthropic": anthropic, "chat_url": chat_server.url, "anth_url": anth_server.url}
+    finally:
+        chat_server.stop()
+        anth_server.stop()

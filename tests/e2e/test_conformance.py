@@ -16,8 +16,7 @@ import pytest
 
 from tests.e2e.sdk import client
 from tests.e2e.test_sdk_websocket import until_terminal
-from tests.fakes.servers import HypercornThread, UvicornThread
-from tests.fakes.translated_upstreams import FakeAnthropic, FakeChat
+from tests.fakes.servers import UvicornThread
 from wsproxy.asgi.app import create_app
 from wsproxy.settings import load_settings
 
@@ -26,28 +25,17 @@ TRANSLATED = ["cc@m", "claude@claude-x"]
 PING = {"type": "function", "name": "ping", "description": "Ping.", "parameters": {"type": "object"}}
 
 
-@pytest.fixture(scope="module")
-def upstreams() -> Iterator[dict[str, Any]]:
-    chat, anthropic = FakeChat(), FakeAnthropic()
-    chat_server = HypercornThread(chat).start()
-    anth_server = HypercornThread(anthropic).start()
-    try:
-        yield {"chat": chat, "anthropic": anthropic, "chat_url": chat_server.url, "anth_url": anth_server.url}
-    finally:
-        chat_server.stop()
-        anth_server.stop()
-
-
 @pytest.fixture
-def proxy(tmp_path: Path, upstreams: dict[str, Any], fake_openai: Any) -> Iterator[UvicornThread]:
+def proxy(tmp_path: Path, translated_upstreams: dict[str, Any], fake_openai: Any) -> Iterator[UvicornThread]:
+    chat_url, anth_url = translated_upstreams["chat_url"], translated_upstreams["anth_url"]
     cfg = tmp_path / "t.toml"
     cfg.write_text(
         '[store]\nbackend = "memory"\n'
         '[providers.local]\nkind = "local"\ntoken_delay = 0.0\n'
         f'[providers.up]\nkind = "openai"\nbase_url = "{fake_openai[1]}"\napi_key = "k"\nmax_retries = 0\n'
-        f'[providers.cc]\nkind = "chat_completions"\nbase_url = "{upstreams["chat_url"]}/v1"\napi_key = "k"\n'
+        f'[providers.cc]\nkind = "chat_completions"\nbase_url = "{chat_url}/v1"\napi_key = "k"\n'
         "max_retries = 0\n"
-        f'[providers.claude]\nkind = "anthropic"\nbase_url = "{upstreams["anth_url"]}/v1"\napi_key = "ak"\n'
+        f'[providers.claude]\nkind = "anthropic"\nbase_url = "{anth_url}/v1"\napi_key = "ak"\n'
         "max_retries = 0\n"
     )
     server = UvicornThread(create_app(load_settings(str(cfg), environ={}), environ={})).start()
@@ -112,7 +100,7 @@ HISTORIES = {
 
 @pytest.mark.parametrize("history", sorted(HISTORIES))
 @pytest.mark.parametrize("model", TRANSLATED)
-def test_real_client_histories_translate(proxy, upstreams, model: str, history: str) -> None:
+def test_real_client_histories_translate(proxy, translated_upstreams, model: str, history: str) -> None:
     items = HISTORIES[history]
     c = client(proxy)
     assert c.responses.create(model=model, input=items).status == "completed"
@@ -122,7 +110,7 @@ def test_real_client_histories_translate(proxy, upstreams, model: str, history: 
         conn.response.create(model=model, input=items)
         assert until_terminal(conn)[-1].type == "response.completed"
     if model.startswith("claude"):
-        sent = upstreams["anthropic"].requests[-1]["messages"]
+        sent = translated_upstreams["anthropic"].requests[-1]["messages"]
         assert sent[0]["role"] == "user"
         assert all(a["role"] != b["role"] for a, b in itertools.pairwise(sent))
         assert "phase" not in str(sent)
@@ -241,7 +229,7 @@ def test_values_at_the_limits_are_accepted(proxy) -> None:
 # -- Chat Completions names -----------------------------------------------------------------------
 
 
-def test_chat_style_messages_response_format_and_max_tokens_are_accepted(proxy, upstreams) -> None:
+def test_chat_style_messages_response_format_and_max_tokens_are_accepted(proxy, translated_upstreams) -> None:
     c = client(proxy)
     resp = c.responses.create(
         model="cc@m",
@@ -261,7 +249,7 @@ def test_chat_style_messages_response_format_and_max_tokens_are_accepted(proxy, 
     assert resp.status == "completed" and "hello chat" in resp.output_text
     assert resp.max_output_tokens == 100
     assert resp.text.format.type == "json_schema"
-    sent = upstreams["chat"].requests[-1]
+    sent = translated_upstreams["chat"].requests[-1]
     assert sent["response_format"]["json_schema"]["name"] == "out"
     assert sent["max_tokens"] == 100
     assert sent["messages"][-1] == {"role": "user", "content": "hello chat"}
@@ -287,16 +275,16 @@ def test_chat_names_given_with_their_responses_form_or_n_above_one_are_refused(p
 # -- parameters only some providers have -----------------------------------------------------------
 
 
-def test_stop_is_mapped_where_the_provider_has_it(proxy, upstreams) -> None:
+def test_stop_is_mapped_where_the_provider_has_it(proxy, translated_upstreams) -> None:
     c = client(proxy)
     local = c.responses.create(model="local", input="alpha beta gamma", extra_body={"stop": ["beta"]})
     assert local.output_text.endswith("alpha ") and "beta" not in local.output_text
     extra = {"stop": ["END"], "seed": 7, "logit_bias": {"50": -100}}
     c.responses.create(model="cc@m", input="hi", extra_body=extra)
-    sent = upstreams["chat"].requests[-1]
+    sent = translated_upstreams["chat"].requests[-1]
     assert (sent["stop"], sent["seed"], sent["logit_bias"]) == (["END"], 7, {"50": -100})
     c.responses.create(model="claude@claude-x", input="hi", extra_body={"stop": "END"})
-    assert upstreams["anthropic"].requests[-1]["stop_sequences"] == ["END"]
+    assert translated_upstreams["anthropic"].requests[-1]["stop_sequences"] == ["END"]
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,7 @@ import pytest
 from tests.e2e.sdk import client
 from tests.e2e.test_sdk_websocket import until_terminal
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.fakes.servers import HypercornThread, UvicornThread
-from tests.fakes.translated_upstreams import FakeAnthropic, FakeChat
+from tests.fakes.servers import UvicornThread
 from wsproxy.asgi.app import create_app
 from wsproxy.settings import StoreSettings, load_settings
 
@@ -349,21 +348,9 @@ def test_incomplete_turn_is_recorded(proxy) -> None:
 # --------------------------------------------------------------------------- turns, other providers
 
 
-@pytest.fixture(scope="module")
-def translated() -> Iterator[dict[str, Any]]:
-    chat, anthropic = FakeChat(), FakeAnthropic()
-    chat_server = HypercornThread(chat).start()
-    anth_server = HypercornThread(anthropic).start()
-    try:
-        yield {"chat": chat, "anthropic": anthropic, "chat_url": chat_server.url, "anth_url": anth_server.url}
-    finally:
-        chat_server.stop()
-        anth_server.stop()
-
-
 @pytest.fixture
 def multi(
-    tmp_path: Path, fake_openai: tuple[FakeOpenAI, str], translated: dict[str, Any]
+    tmp_path: Path, fake_openai: tuple[FakeOpenAI, str], translated_upstreams: dict[str, Any]
 ) -> Iterator[UvicornThread]:
     """Local, the fake OpenAI (passthrough), Chat Completions and Anthropic; memory store."""
     cfg = tmp_path / "multi.toml"
@@ -372,9 +359,9 @@ def multi(
         '[providers.local]\nkind = "local"\ntoken_delay = 0.001\nmodels = ["local"]\n'
         f'[providers.up1]\nkind = "openai"\nbase_url = "{fake_openai[1]}"\napi_key = "sk-up"\n'
         "http2 = false\nmax_retries = 0\n"
-        f'[providers.cc]\nkind = "chat_completions"\nbase_url = "{translated["chat_url"]}/v1"\n'
+        f'[providers.cc]\nkind = "chat_completions"\nbase_url = "{translated_upstreams["chat_url"]}/v1"\n'
         'api_key = "k"\nhttp2 = false\nmax_retries = 0\n'
-        f'[providers.claude]\nkind = "anthropic"\nbase_url = "{translated["anth_url"]}/v1"\n'
+        f'[providers.claude]\nkind = "anthropic"\nbase_url = "{translated_upstreams["anth_url"]}/v1"\n'
         'api_key = "ak"\nmax_retries = 0\n'
     )
     settings = load_settings(str(cfg), environ={})
@@ -386,7 +373,7 @@ def multi(
 
 
 @pytest.mark.parametrize("model", ["cc@m", "claude@claude-x", "up1@fake"])
-def test_turns_through_providers(multi, translated, fake_openai, model: str) -> None:
+def test_turns_through_providers(multi, translated_upstreams, fake_openai, model: str) -> None:
     c = client(multi)
     conv = c.conversations.create(items=[{"role": "user", "content": "remember ORCHID"}])
     first = c.responses.create(model=model, input="turn one", conversation=conv.id)
@@ -406,7 +393,7 @@ def test_turns_through_providers(multi, translated, fake_openai, model: str) -> 
         assert "conversation" not in sent
         seen = str(sent["input"])
     else:
-        sent = translated["chat" if model.startswith("cc") else "anthropic"].requests[-1]
+        sent = translated_upstreams["chat" if model.startswith("cc") else "anthropic"].requests[-1]
         seen = str(sent["messages"])
     assert "conv_" not in seen
     for text in ("remember ORCHID", "turn one", first.output_text, "turn two", "turn three"):

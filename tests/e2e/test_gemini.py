@@ -14,27 +14,14 @@ from typing import Any
 import openai
 import pytest
 
-from tests.e2e.sdk import client
+from tests.e2e.sdk import WEATHER_TOOLS, client
 from tests.e2e.test_sdk_websocket import until_terminal
 from tests.fakes.gemini_upstream import DUMMY, FakeGemini
 from tests.fakes.servers import HypercornThread, UvicornThread
 from wsproxy.asgi.app import create_app
 from wsproxy.settings import load_settings
 
-TOOLS: list[Any] = [
-    {
-        "type": "function",
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "strict": True,
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    }
-]
+TOOLS = WEATHER_TOOLS
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 
 from tests.e2e.sdk import client
 from tests.fakes.openai_upstream import FakeOpenAI
-from tests.fakes.servers import HypercornThread, UvicornThread
+from tests.fakes.servers import HypercornThread, UvicornThread, read_body
 from wsproxy.asgi.app import create_app
 from wsproxy.settings import load_settings
 
@@ -35,12 +35,7 @@ class SlowHeaders:
         if scope["type"] != "http":
             await self.fake(scope, receive, send)
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         model = orjson.loads(body).get("model")
         await asyncio.sleep(HOLD)
         if model == "hold-fail":

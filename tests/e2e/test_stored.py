@@ -14,7 +14,7 @@ import pytest
 
 from tests.e2e.sdk import client
 from tests.e2e.test_sdk_websocket import until_terminal
-from tests.fakes.servers import HypercornThread
+from tests.fakes.servers import HypercornThread, read_body
 
 
 @pytest.mark.parametrize("model", ["local", "up2@fake"])
@@ -230,12 +230,7 @@ def test_compact_passes_through_to_openai_native(make_proxy, tmp_path) -> None:
     async def app(scope, receive, send):
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            m = await receive()
-            body += m.get("body", b"")
-            if not m.get("more_body"):
-                break
+        body = await read_body(receive)
         seen.append({"path": scope["path"], "body": orjson.loads(body)})
         out = {
             "id": "cmp_up",

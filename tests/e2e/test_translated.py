@@ -9,51 +9,26 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.sdk import client
+from tests.e2e.sdk import WEATHER_TOOLS, client
 from tests.e2e.test_sdk_websocket import until_terminal
-from tests.fakes.servers import HypercornThread, UvicornThread
-from tests.fakes.translated_upstreams import FakeAnthropic, FakeChat
+from tests.fakes.servers import UvicornThread
 from wsproxy.asgi.app import create_app
 from wsproxy.settings import load_settings
 
-TOOLS = [
-    {
-        "type": "function",
-        "name": "get_weather",
-        "description": "Weather for a city",
-        "strict": True,
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}},
-            "required": ["city"],
-            "additionalProperties": False,
-        },
-    }
-]
-
-
-@pytest.fixture(scope="module")
-def upstreams() -> Iterator[dict[str, Any]]:
-    chat, anthropic = FakeChat(), FakeAnthropic()
-    chat_server = HypercornThread(chat).start()
-    anth_server = HypercornThread(anthropic).start()
-    try:
-        yield {"chat": chat, "anthropic": anthropic, "chat_url": chat_server.url, "anth_url": anth_server.url}
-    finally:
-        chat_server.stop()
-        anth_server.stop()
+TOOLS = WEATHER_TOOLS
 
 
 @pytest.fixture
-def proxy(tmp_path: Path, upstreams: dict[str, Any]) -> Iterator[UvicornThread]:
+def proxy(tmp_path: Path, translated_upstreams: dict[str, Any]) -> Iterator[UvicornThread]:
+    chat_url, anth_url = translated_upstreams["chat_url"], translated_upstreams["anth_url"]
     cfg = tmp_path / "t.toml"
     cfg.write_text(
         '[store]\nbackend = "memory"\n'
-        f'[providers.cc]\nkind = "chat_completions"\nbase_url = "{upstreams["chat_url"]}/v1"\napi_key = "k"\n'
+        f'[providers.cc]\nkind = "chat_completions"\nbase_url = "{chat_url}/v1"\napi_key = "k"\n'
         "http2 = false\nmax_retries = 0\n"
-        f'[providers.cc2]\nkind = "chat_completions"\nbase_url = "{upstreams["chat_url"]}/v1"\n'
+        f'[providers.cc2]\nkind = "chat_completions"\nbase_url = "{chat_url}/v1"\n'
         "http2_prior_knowledge = true\nmax_retries = 0\n"
-        f'[providers.claude]\nkind = "anthropic"\nbase_url = "{upstreams["anth_url"]}/v1"\napi_key = "ak"\n'
+        f'[providers.claude]\nkind = "anthropic"\nbase_url = "{anth_url}/v1"\napi_key = "ak"\n'
         "max_retries = 0\n"
         '[aliases]\nresilient = ["cc@fail-503", "claude@claude-x"]\n'
     )
@@ -85,7 +60,7 @@ def test_anthropic_usage_counts_cache_tokens(proxy) -> None:
 
 
 @pytest.mark.parametrize("model", ["cc@m", "claude@claude-x"])
-def test_two_turn_tool_loop_over_websocket(proxy, upstreams, model: str) -> None:
+def test_two_turn_tool_loop_over_websocket(proxy, translated_upstreams, model: str) -> None:
     with client(proxy).responses.connect() as conn:
         conn.response.create(model=model, input="get_weather for Paris please", tools=TOOLS, store=False)
         first = until_terminal(conn)
@@ -108,18 +83,18 @@ def test_two_turn_tool_loop_over_websocket(proxy, upstreams, model: str) -> None
         assert second.type == "response.completed", second
         assert second.response.output_text.startswith("Tool result was: sunny")
     # The upstream saw the whole history: user, the call, and its result.
-    seen = upstreams["chat" if model.startswith("cc") else "anthropic"].requests[-1]
+    seen = translated_upstreams["chat" if model.startswith("cc") else "anthropic"].requests[-1]
     flat = str(seen["messages"])
     assert "get_weather" in flat and "sunny" in flat
 
 
-def test_fallback_from_failing_provider(proxy, upstreams) -> None:
+def test_fallback_from_failing_provider(proxy, translated_upstreams) -> None:
     resp = client(proxy).responses.create(model="resilient", input="are you there")
     assert resp.status == "completed"
     assert "Claude echo: are you there" in resp.output_text
 
 
-def test_anthropic_thinking_signature_round_trips(proxy, upstreams) -> None:
+def test_anthropic_thinking_signature_round_trips(proxy, translated_upstreams) -> None:
     c = client(proxy)
     first = c.responses.create(
         model="claude@claude-x",
@@ -139,7 +114,7 @@ def test_anthropic_thinking_signature_round_trips(proxy, upstreams) -> None:
         max_output_tokens=4096,
         input=[{"type": "function_call_output", "call_id": call.call_id, "output": "rain"}],
     )
-    sent = upstreams["anthropic"].requests[-1]
+    sent = translated_upstreams["anthropic"].requests[-1]
     assistant = next(m for m in sent["messages"] if m["role"] == "assistant")
     thinking = [b for b in assistant["content"] if b["type"] == "thinking"]
     assert thinking and thinking[0]["signature"].startswith("sig-")

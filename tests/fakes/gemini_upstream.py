@@ -33,6 +33,8 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from tests.fakes.servers import read_body, serve_lifespan
+
 DUMMY = "skip_thought_signature_validator"
 CITIES = ("Paris", "London", "Oslo")
 _STATUS = {
@@ -62,19 +64,9 @@ class FakeGemini:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+            await serve_lifespan(receive, send)
+            return
+        raw = await read_body(receive)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         path = scope["path"]
         query = parse_qs(scope.get("query_string", b"").decode())

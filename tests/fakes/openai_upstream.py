@@ -37,6 +37,8 @@ from typing import Any
 
 import orjson
 
+from tests.fakes.servers import read_body, serve_lifespan
+
 _ids = itertools.count(1)
 
 
@@ -237,21 +239,11 @@ class FakeOpenAI:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await serve_lifespan(receive, send)
+            return
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         if scope["path"] != "/v1/responses" or scope["method"] != "POST":
             await self._json(
                 send,

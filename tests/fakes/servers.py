@@ -153,3 +153,24 @@ def running(server: Any) -> Iterator[Any]:
         yield server
     finally:
         server.stop()
+
+
+async def serve_lifespan(receive: Any, send: Any) -> None:
+    """Answer an ASGI ``lifespan`` scope: startup and shutdown both complete at once."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def read_body(receive: Any) -> bytes:
+    """The whole body of an ASGI HTTP request."""
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return body

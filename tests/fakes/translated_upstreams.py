@@ -26,26 +26,13 @@ from typing import Any
 
 import orjson
 
+from tests.fakes.servers import read_body, serve_lifespan
+
 _ids = itertools.count(1)
 
 
 async def _read_json(receive: Any) -> Any:
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            return orjson.loads(body)
-
-
-async def _lifespan(receive: Any, send: Any) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+    return orjson.loads(await read_body(receive))
 
 
 async def _respond(send: Any, status: int, chunks: list[bytes], content_type: bytes) -> None:
@@ -106,7 +93,7 @@ class FakeChat:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await serve_lifespan(receive, send)
             return
         body = await _read_json(receive)
         with self.lock:
@@ -208,7 +195,7 @@ class FakeAnthropic:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await serve_lifespan(receive, send)
             return
         body = await _read_json(receive)
         with self.lock:

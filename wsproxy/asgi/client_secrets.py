@@ -27,9 +27,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from wsproxy.asgi.render import error_response, json_response
+from wsproxy.asgi.render import error_response, json_response, read_body
 from wsproxy.core.request import loads_object
-from wsproxy.errors import ClientError, PayloadTooLarge, ProxyError, Unauthorized
+from wsproxy.errors import ClientError, ProxyError, Unauthorized
 from wsproxy.policy.auth import bearer_token
 from wsproxy.policy.client_secrets import (
     ClientSecret,
@@ -115,15 +115,6 @@ def _loopback_peer(request: Request) -> bool:
     return address.is_loopback
 
 
-async def _small_body(request: Request) -> bytes:
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > _MAX_MINT_BODY:
-            raise PayloadTooLarge(f"Request body is larger than {_MAX_MINT_BODY} bytes.")
-    return bytes(body)
-
-
 async def create_client_secret(request: Request) -> Response:
     """``POST /v1/client_secrets``: ``{"expires_after": {"seconds": N}, "models": [...]}`` (both
     optional) -> ``{"value": "ek_...", "expires_at": <unix seconds>, "models": [...] | null}``."""
@@ -146,7 +137,7 @@ async def create_client_secret(request: Request) -> Response:
                 code="client_secret_not_allowed",
             )
         # (The rate limit was applied at admission, wsproxy.asgi.admission.)
-        body = await _small_body(request)
+        body = await read_body(request, _MAX_MINT_BODY)
         obj = loads_object(body) if body.strip() else {}
         ask = parse_mint_request(obj, runtime.settings.client_secret_max_seconds)
         expires_at = int(time.time()) + ask.seconds

@@ -24,8 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from wsproxy.asgi.admission import owner_of, runtime_of
-from wsproxy.asgi.http import read_body
-from wsproxy.asgi.render import error_response, json_response
+from wsproxy.asgi.render import error_response, json_response, read_body
 from wsproxy.core.conversations import (
     CREATE_FIELDS,
     UPDATE_FIELDS,

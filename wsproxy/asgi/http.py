@@ -23,27 +23,15 @@ from wsproxy.asgi.access_log import request_id_of
 from wsproxy.asgi.admission import identity_of, owner_of, runtime_of
 from wsproxy.asgi.client_secrets import allow_model
 from wsproxy.asgi.formats import json_from_events, sse_response
-from wsproxy.asgi.render import json_response
+from wsproxy.asgi.render import json_response, read_body
 from wsproxy.asgi.stored import start_background
 from wsproxy.core.events import Event
 from wsproxy.core.request import loads_object, parse_create
-from wsproxy.errors import InvalidRequest, PayloadTooLarge, ProxyError, UpstreamError, unknown_parameter
+from wsproxy.errors import InvalidRequest, ProxyError, UpstreamError, unknown_parameter
 from wsproxy.service.tenancy import cache_headers
 from wsproxy.service.wiring import Runtime
 
 log = logging.getLogger("wsproxy.http")
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"Request body is larger than {limit} bytes.")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise PayloadTooLarge(f"Request body is larger than {limit} bytes.")
-    return bytes(body)
 
 
 async def create_response(request: Request) -> Response:

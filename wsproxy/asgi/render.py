@@ -6,6 +6,8 @@
   and code that owns its ASGI cycle (middleware, the sink) calls :func:`send_error`.
 - SSE: ``event:``/``data:`` lines (``wsproxy.core.sse``); an error before any event is an HTTP
   error instead.
+- Request bodies: :func:`read_body` reads one up to a limit (413 beyond it), for every handler
+  that takes a JSON body.
 - WebSocket: the nested ``error`` envelope with ``status`` (and ``stream_id`` on a lane; a
   ``retry-after`` goes in ``error.headers``); events
   get ``stream_id`` spliced in without re-encoding.
@@ -21,7 +23,7 @@ from starlette.responses import Response
 from starlette.types import Send
 
 from wsproxy.core.events import Event
-from wsproxy.errors import ProxyError, error_json
+from wsproxy.errors import PayloadTooLarge, ProxyError, error_json
 
 
 def _error_headers(error: ProxyError) -> dict[str, str]:
@@ -144,3 +146,17 @@ def ws_event_frame(event: Event, stream_id: str | None) -> bytes:
     if stream_id is not None:
         data = b'{"stream_id":' + orjson.dumps(stream_id) + b"," + data[1:]
     return data
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, at most ``limit`` bytes: a larger declared Content-Length is refused
+    before reading, a body that grows past the limit as soon as it does (413)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"Request body is larger than {limit} bytes.")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"Request body is larger than {limit} bytes.")
+    return bytes(body)

@@ -38,18 +38,21 @@ from typing import Any
 
 import orjson
 
-from wsproxy.core.events import Event, ResponseBuilder, usage_object
+from wsproxy.core.events import Event, usage_object
 from wsproxy.core.ids import IdFactory
 from wsproxy.core.sse import SSEMessage
 from wsproxy.dialects.anthropic_request import build_anthropic_body, encode_redacted, encode_thinking
 from wsproxy.dialects.base import UpstreamCall, UpstreamRequest
 from wsproxy.dialects.common import (
-    Clock,
+    TranslatorBase,
     clock_from,
     int_field,
+    midstream_message,
     namespace_map,
     open_function_call,
     retry_headers,
+    status_message,
+    upstream_error,
 )
 from wsproxy.errors import UpstreamError
 
@@ -95,15 +98,6 @@ class AnthropicMessagesDialect:
         return anthropic_error(status, body, headers)
 
 
-def _error(
-    message: str, status: int, etype: str, code: str, headers: dict[str, str], param: str | None = None
-) -> UpstreamError:
-    retryable = status == 429 or status >= 500
-    return UpstreamError(
-        message, status=status, type=etype, code=code, param=param, headers=headers, retryable=retryable
-    )
-
-
 def anthropic_error(status: int, body: bytes, headers: dict[str, str]) -> UpstreamError:
     """Anthropic's ``{"type":"error","error":{"type","message"}}`` -> the error tree (table F)."""
     try:
@@ -114,15 +108,14 @@ def anthropic_error(status: int, body: bytes, headers: dict[str, str]) -> Upstre
     etype = err.get("type") if isinstance(err, dict) else None
     message = err.get("message") if isinstance(err, dict) else None
     if not isinstance(message, str) or not message:
-        text = body.decode("utf-8", "replace").strip()[:500]
-        message = f"Upstream answered HTTP {status}: {text}" if text else f"Upstream answered HTTP {status}."
+        message = status_message(status, body)
     hdrs = retry_headers(headers)
     if status == 529 or etype == "overloaded_error":
-        return _error(message, 503, "server_error", "server_is_overloaded", hdrs)
+        return upstream_error(message, 503, "server_error", "server_is_overloaded", hdrs)
     if status in (401, 403):
         # The provider refused the proxy's own key: say so without repeating key details.
         what = "credentials" if status == 401 else "permissions"
-        return _error(
+        return upstream_error(
             f"The upstream provider rejected the proxy's {what} (HTTP {status}).",
             status,
             "invalid_request_error",
@@ -131,22 +124,22 @@ def anthropic_error(status: int, body: bytes, headers: dict[str, str]) -> Upstre
         )
     if status == 404:
         if "model" in message.lower():
-            return _error(message, 404, "invalid_request_error", "model_not_found", hdrs, "model")
-        return _error(message, 404, "invalid_request_error", "not_found", hdrs)
+            return upstream_error(message, 404, "invalid_request_error", "model_not_found", hdrs, "model")
+        return upstream_error(message, 404, "invalid_request_error", "not_found", hdrs)
     if status == 413:
-        return _error(message, 413, "invalid_request_error", "request_too_large", hdrs)
+        return upstream_error(message, 413, "invalid_request_error", "request_too_large", hdrs)
     if status == 429:
-        return _error(message, 429, "rate_limit_error", "rate_limit_exceeded", hdrs)
+        return upstream_error(message, 429, "rate_limit_error", "rate_limit_exceeded", hdrs)
     if status == 400:
         # Codex and others key on this code to compact the conversation.
         too_long = "prompt is too long" in message.lower()
         code = "context_length_exceeded" if too_long else "invalid_request_error"
-        return _error(message, 400, "invalid_request_error", code, hdrs)
+        return upstream_error(message, 400, "invalid_request_error", code, hdrs)
     if status == 504:
-        return _error(message, 504, "server_error", "upstream_timeout", hdrs)
+        return upstream_error(message, 504, "server_error", "upstream_timeout", hdrs)
     if status >= 500:
-        return _error(message, status, "server_error", "server_error", hdrs)
-    return _error(
+        return upstream_error(message, status, "server_error", "server_error", hdrs)
+    return upstream_error(
         message, status, "invalid_request_error", etype if isinstance(etype, str) else "upstream_error", hdrs
     )
 
@@ -160,44 +153,16 @@ class _Block:
     streamed_args: bool = False
 
 
-class AnthropicStreamTranslator:
+class AnthropicStreamTranslator(TranslatorBase):
     """Anthropic stream events in, Responses events out (one instance per response)."""
 
-    def __init__(
-        self,
-        response_id: str,
-        call: UpstreamCall,
-        created_at: int,
-        ids: IdFactory,
-        *,
-        clock: Clock | None = None,
-    ) -> None:
+    def _setup(self, call: UpstreamCall) -> None:
         body = call.body
-        self._b = ResponseBuilder(
-            response_id, str(body.get("model") or call.model), created_at, body, ids=ids
-        )
-        self._clock = clock
-        self._created_at = created_at
         self._names = namespace_map(body.get("tools"))
         self._blocks: dict[int, _Block] = {}
         self._stop_reason: str | None = None
         self._usage: dict[str, int] = {}
-        self.upstream_id: str | None = None  # Anthropic's msg_ id, for logs
-
-    @property
-    def response(self) -> dict[str, Any]:
-        return self._b.response
-
-    @property
-    def done(self) -> bool:
-        return self._b.finished
-
-    @property
-    def started_output(self) -> bool:
-        return bool(self._b.output)
-
-    def start(self) -> list[Event]:
-        return self._b.start()
+        # self.upstream_id (set by TranslatorBase) will hold Anthropic's msg_ id.
 
     def finish(self) -> list[Event]:
         if self._b.finished:
@@ -206,21 +171,7 @@ class AnthropicStreamTranslator:
             return self.fail("server_error", "The upstream stream ended before the message was finished.")
         return self._terminal()
 
-    def fail(self, code: str, message: str) -> list[Event]:
-        return self._b.fail(code, message, self._usage_object())
-
-    def feed(self, message: SSEMessage) -> list[Event]:
-        if self._b.finished:
-            return []
-        data = message.data.strip()
-        if not data:
-            return []
-        try:
-            event = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return self.fail("server_error", "The upstream sent a stream event that is not valid JSON.")
-        if not isinstance(event, dict):
-            return self.fail("server_error", "The upstream sent a stream event that is not a JSON object.")
+    def _event(self, event: dict[str, Any], message: SSEMessage) -> list[Event]:
         kind = event.get("type") or message.event
         if kind == "message_start":
             return self._message_start(event)
@@ -238,10 +189,9 @@ class AnthropicStreamTranslator:
             err = event.get("error")
             err = err if isinstance(err, dict) else {}
             etype = err.get("type")
-            msg = err.get("message")
             return self.fail(
                 STREAM_ERROR_CODES.get(etype, "server_error") if isinstance(etype, str) else "server_error",
-                msg if isinstance(msg, str) and msg else "The upstream reported an error mid-stream.",
+                midstream_message(err.get("message")),
             )
         return []  # ping and event types added after this was written
 
@@ -348,8 +298,7 @@ class AnthropicStreamTranslator:
         incomplete = STOP_REASONS.get(reason)
         if incomplete is not None:
             return self._b.incomplete(incomplete, usage)
-        completed_at = self._clock() if self._clock is not None else self._created_at
-        return self._b.complete(usage, completed_at)
+        return self._complete(usage)
 
     # -- usage ------------------------------------------------------------------------------
 

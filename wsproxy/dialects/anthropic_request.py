@@ -56,21 +56,26 @@ import base64
 import binascii
 from typing import Any
 
-import orjson
-
 from wsproxy.dialects.base import DialectOptions, UpstreamCall
 from wsproxy.dialects.common import (
     HISTORY_PLACEHOLDER,
     TEXT_PARTS,
     FunctionDecl,
-    allowed_tool_names,
     arguments_object,
+    assistant_texts,
     call_name,
     check_tool_pairs,
+    encode_envelope,
+    envelope_value,
     function_tools,
+    json_schema_of,
     message_parts,
     parse_data_url,
     reject_unexpressible,
+    resolve_tool_choice,
+    split_instructions,
+    system_texts,
+    text_format,
 )
 from wsproxy.errors import invalid_param, unsupported_parameter
 
@@ -98,24 +103,19 @@ def encode_thinking(thinking: str, signature: str) -> str:
     """``encrypted_content`` of a reasoning item made from an Anthropic thinking block. The text
     travels inside the envelope too: the signature only verifies the exact original text, and
     clients do not always send a reasoning item's ``content`` back."""
-    raw = orjson.dumps({"type": "thinking", "thinking": thinking, "signature": signature})
-    return ENVELOPE_PREFIX + base64.b64encode(raw).decode()
+    return encode_envelope(
+        ENVELOPE_PREFIX, {"type": "thinking", "thinking": thinking, "signature": signature}
+    )
 
 
 def encode_redacted(data: str) -> str:
-    raw = orjson.dumps({"type": "redacted_thinking", "data": data})
-    return ENVELOPE_PREFIX + base64.b64encode(raw).decode()
+    return encode_envelope(ENVELOPE_PREFIX, {"type": "redacted_thinking", "data": data})
 
 
 def decode_envelope(encrypted: Any) -> dict[str, Any] | None:
     """The Anthropic block in a reasoning item's ``encrypted_content``; None when it came from
     another provider or is damaged (it is then dropped, as other providers' reasoning is)."""
-    if not isinstance(encrypted, str) or not encrypted.startswith(ENVELOPE_PREFIX):
-        return None
-    try:
-        block = orjson.loads(base64.b64decode(encrypted[len(ENVELOPE_PREFIX) :], validate=True))
-    except (binascii.Error, ValueError):
-        return None
+    block = envelope_value(ENVELOPE_PREFIX, encrypted)
     if not isinstance(block, dict):
         return None
     if (
@@ -228,38 +228,12 @@ def _tool(decl: FunctionDecl) -> dict[str, Any]:
 
 
 def _tool_choice(decls: list[FunctionDecl], choice: Any, parallel: Any) -> tuple[list[FunctionDecl], Any]:
-    names = {d.name for d in decls}
+    decls, resolved = resolve_tool_choice(decls, choice)
     out: dict[str, Any] | None = None
-    if isinstance(choice, str):
-        if choice not in ("auto", "none", "required"):
-            raise invalid_param(
-                "tool_choice", "Invalid 'tool_choice': expected 'auto', 'none' or 'required'."
-            )
-        if not decls and choice == "required":
-            raise invalid_param(
-                "tool_choice", "'tool_choice' is 'required' but no function tools were given."
-            )
-        out = {"type": {"auto": "auto", "none": "none", "required": "any"}[choice]}
-    elif isinstance(choice, dict):
-        kind = choice.get("type")
-        if kind == "function":
-            name = call_name(choice)
-            if name not in names:
-                raise invalid_param("tool_choice", f"Tool choice '{name}' not found in 'tools'.")
-            out = {"type": "tool", "name": name}
-        elif kind == "allowed_tools":
-            mode, allowed = allowed_tool_names(choice)
-            unknown = sorted(allowed - names)
-            if unknown:
-                raise invalid_param("tool_choice", f"Allowed tool '{unknown[0]}' not found in 'tools'.")
-            decls = [d for d in decls if d.name in allowed]
-            out = {"type": "auto" if mode == "auto" else "any"}
-        else:
-            raise unsupported_parameter(
-                "tool_choice", f"(type '{kind}'): only function tool choices are supported."
-            )
-    elif choice is not None:
-        raise invalid_param("tool_choice", "Invalid type for 'tool_choice'.", "invalid_type")
+    if resolved is not None and resolved.function is not None:
+        out = {"type": "tool", "name": resolved.function}
+    elif resolved is not None:
+        out = {"type": {"auto": "auto", "none": "none", "required": "any"}[resolved.mode]}
     if parallel is False and decls:
         out = out or {"type": "auto"}
         if out["type"] != "none":
@@ -268,20 +242,12 @@ def _tool_choice(decls: list[FunctionDecl], choice: Any, parallel: Any) -> tuple
 
 
 def _format(text: Any) -> dict[str, Any] | None:
-    fmt = text.get("format") if isinstance(text, dict) else None
+    fmt = text_format(text)
     if fmt is None:
         return None
-    if not isinstance(fmt, dict):
-        raise invalid_param("text.format", "Invalid type for 'text.format'.", "invalid_type")
     kind = fmt.get("type")
-    if kind == "text":
-        return None
     if kind == "json_schema":
-        if not isinstance(fmt.get("schema"), dict):
-            raise invalid_param(
-                "text.format.schema", "A json_schema format needs 'schema'.", "missing_required_parameter"
-            )
-        return {"type": "json_schema", "schema": fmt["schema"]}
+        return {"type": "json_schema", "schema": json_schema_of(fmt)}
     raise unsupported_parameter(
         "text.format", f"(type '{kind}') is not supported by Anthropic: use json_schema."
     )
@@ -295,10 +261,9 @@ def anthropic_messages(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Input items -> (system text blocks, messages) per translation.md C.1."""
     system: list[dict[str, Any]] = []
-    if isinstance(instructions, str):
-        _text(system, instructions)
-    elif isinstance(instructions, list):
-        items = [i for i in instructions if isinstance(i, dict)] + items
+    intro, items = split_instructions(items, instructions)
+    if intro is not None:
+        _text(system, intro)
     # System/developer messages are hoisted, so they do not end a tool-call turn here.
     check_tool_pairs(items, turn_roles=frozenset({"user"}))
     msgs: list[dict[str, Any]] = []
@@ -317,12 +282,9 @@ def anthropic_messages(
         if kind == "message":
             role = item.get("role")
             if role in ("system", "developer"):
-                for j, part in enumerate(message_parts(item.get("content"))):
-                    if part.get("type") not in TEXT_PARTS:
-                        raise unsupported_parameter(
-                            f"{param}.content[{j}]", "Anthropic system prompts hold text only."
-                        )
-                    _text(system, str(part.get("text") or ""))
+                refusal = "Anthropic system prompts hold text only."
+                for text in system_texts(item.get("content"), param, refusal):
+                    _text(system, text)
             elif role == "assistant":
                 add("assistant", _assistant_blocks(item.get("content"), param))
             else:
@@ -371,14 +333,8 @@ def _text(blocks: list[dict[str, Any]], text: str) -> None:
 
 def _assistant_blocks(content: Any, param: str) -> list[dict[str, Any]]:
     blocks: list[dict[str, Any]] = []
-    for j, part in enumerate(message_parts(content)):
-        kind = part.get("type")
-        if kind in TEXT_PARTS:
-            _text(blocks, str(part.get("text") or ""))
-        elif kind == "refusal":
-            _text(blocks, str(part.get("refusal") or ""))
-        else:
-            raise unsupported_parameter(f"{param}.content[{j}]", f"(type '{kind}') in an assistant message.")
+    for text in assistant_texts(content, param):
+        _text(blocks, text)
     return blocks
 
 

@@ -32,19 +32,21 @@ from typing import Any
 
 import orjson
 
-from wsproxy.core.events import Event, ResponseBuilder, usage_object
+from wsproxy.core.events import Event, usage_object
 from wsproxy.core.ids import IdFactory
 from wsproxy.core.sse import SSEMessage
 from wsproxy.dialects.base import UpstreamCall, UpstreamRequest
 from wsproxy.dialects.chat_request import build_chat_body
 from wsproxy.dialects.common import (
-    Clock,
+    TranslatorBase,
     clock_from,
     int_field,
     is_complete_json,
+    midstream_message,
     namespace_map,
     open_function_call,
     retry_headers,
+    status_message,
 )
 from wsproxy.errors import UpstreamError, upstream_status_error
 
@@ -87,9 +89,7 @@ def chat_error(status: int, body: bytes, headers: dict[str, str]) -> UpstreamErr
     if isinstance(parsed, list) and parsed and isinstance(parsed[0], dict):
         parsed = parsed[0]  # Google's OpenAI-compatible endpoint wraps the envelope in a list
     if not isinstance(parsed, dict) or parsed.get("error") is None:
-        text = body.decode("utf-8", "replace").strip()[:500]
-        message = f"Upstream answered HTTP {status}: {text}" if text else f"Upstream answered HTTP {status}."
-        parsed = {"error": {"message": message}}
+        parsed = {"error": {"message": status_message(status, body)}}
     return upstream_status_error(status, parsed, retry_headers(headers))
 
 
@@ -176,29 +176,15 @@ class _Call:
     state: str = "pending"  # pending (buffered) | open (the builder's open item) | closed
 
 
-class ChatStreamTranslator:
+class ChatStreamTranslator(TranslatorBase):
     """Chat Completions chunks in, Responses events out (one instance per response).
 
     ``clock`` gives ``completed_at``; without one (tests, or an edge that does not inject it)
     ``completed_at`` is ``created_at``.
     """
 
-    def __init__(
-        self,
-        response_id: str,
-        call: UpstreamCall,
-        created_at: int,
-        ids: IdFactory,
-        *,
-        clock: Clock | None = None,
-    ) -> None:
+    def _setup(self, call: UpstreamCall) -> None:
         body = call.body
-        self._b = ResponseBuilder(
-            response_id, str(body.get("model") or call.model), created_at, body, ids=ids
-        )
-        self._ids = ids
-        self._clock = clock
-        self._created_at = created_at
         self._names = namespace_map(body.get("tools"))
         self._think = ThinkSplitter() if call.options.think_tags else None
         self._calls: dict[int, _Call] = {}
@@ -206,39 +192,18 @@ class ChatStreamTranslator:
         self._current: _Call | None = None
         self._finish_reason: str | None = None
         self._usage: dict[str, Any] | None = None
-        self.upstream_id: str | None = None  # the provider's chatcmpl- id, for logs
+        # self.upstream_id (set by TranslatorBase) will hold the provider's chatcmpl- id.
 
     # -- StreamTranslator -------------------------------------------------------------------
 
-    @property
-    def response(self) -> dict[str, Any]:
-        return self._b.response
-
-    @property
-    def done(self) -> bool:
-        return self._b.finished
-
-    @property
-    def started_output(self) -> bool:
-        return bool(self._b.output)
-
-    def start(self) -> list[Event]:
-        return self._b.start()
+    _unit = "stream chunk"
 
     def feed(self, message: SSEMessage) -> list[Event]:
-        if self._b.finished:
-            return []
-        data = message.data.strip()
-        if data == b"[DONE]":
+        if not self._b.finished and message.data.strip() == b"[DONE]":
             return self._terminal()
-        if not data:
-            return []
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return self.fail("server_error", "The upstream sent a stream chunk that is not valid JSON.")
-        if not isinstance(chunk, dict):
-            return self.fail("server_error", "The upstream sent a stream chunk that is not a JSON object.")
+        return super().feed(message)
+
+    def _event(self, chunk: dict[str, Any], message: SSEMessage) -> list[Event]:
         out: list[Event] = []
         try:
             self._chunk(chunk, out)
@@ -250,9 +215,6 @@ class ChatStreamTranslator:
         if self._b.finished:
             return []
         return self._terminal()
-
-    def fail(self, code: str, message: str) -> list[Event]:
-        return self._b.fail(code, message, self._usage_object())
 
     # -- chunks -----------------------------------------------------------------------------
 
@@ -423,8 +385,7 @@ class ChatStreamTranslator:
             return self.fail(
                 "server_error", f"The upstream ended the generation with finish_reason '{reason}'."
             )
-        completed_at = self._clock() if self._clock is not None else self._created_at
-        return self._b.complete(usage, completed_at)
+        return self._complete(usage)
 
     def _usage_object(self) -> dict[str, Any] | None:
         u = self._usage
@@ -451,10 +412,5 @@ def _error_fields(err: Any) -> tuple[str, str]:
     if isinstance(err, dict):
         code = err.get("code")
         message = err.get("message")
-        return (
-            code if isinstance(code, str) and code else "server_error",
-            message if isinstance(message, str) and message else "The upstream reported an error mid-stream.",
-        )
-    if isinstance(err, str) and err:
-        return "server_error", err
-    return "server_error", "The upstream reported an error mid-stream."
+        return code if isinstance(code, str) and code else "server_error", midstream_message(message)
+    return "server_error", midstream_message(err)

@@ -57,12 +57,15 @@ from wsproxy.dialects.base import DialectOptions, UpstreamCall
 from wsproxy.dialects.common import (
     TEXT_PARTS,
     FunctionDecl,
-    allowed_tool_names,
+    assistant_texts,
     call_name,
     check_tool_pairs,
     function_tools,
     message_parts,
     reject_unexpressible,
+    resolve_tool_choice,
+    split_instructions,
+    text_format,
 )
 from wsproxy.errors import InvalidRequest, invalid_param, unsupported_parameter
 
@@ -129,47 +132,19 @@ def chat_tool(decl: FunctionDecl) -> dict[str, Any]:
 
 def tool_choice(decls: list[FunctionDecl], choice: Any) -> tuple[list[FunctionDecl], Any]:
     """(the tools to send, the Chat ``tool_choice`` or None to omit it)."""
-    names = {d.name for d in decls}
-    if choice is None:
+    decls, resolved = resolve_tool_choice(decls, choice)
+    if resolved is None:
         return decls, None
-    if isinstance(choice, str):
-        if choice not in ("auto", "none", "required"):
-            raise invalid_param(
-                "tool_choice", "Invalid 'tool_choice': expected 'auto', 'none' or 'required'."
-            )
-        if not decls and choice == "required":
-            raise invalid_param(
-                "tool_choice", "'tool_choice' is 'required' but no function tools were given."
-            )
-        return decls, choice
-    if not isinstance(choice, dict):
-        raise invalid_param("tool_choice", "Invalid type for 'tool_choice'.", "invalid_type")
-    kind = choice.get("type")
-    if kind == "function":
-        name = call_name(choice)
-        if name not in names:
-            raise invalid_param("tool_choice", f"Tool choice '{name}' not found in 'tools'.")
-        return decls, {"type": "function", "function": {"name": name}}
-    if kind == "allowed_tools":
-        mode, allowed = allowed_tool_names(choice)
-        unknown = sorted(allowed - names)
-        if unknown:
-            raise invalid_param("tool_choice", f"Allowed tool '{unknown[0]}' not found in 'tools'.")
-        return [d for d in decls if d.name in allowed], mode
-    raise unsupported_parameter("tool_choice", f"(type '{kind}'): only function tool choices are supported.")
+    if resolved.function is not None:
+        return decls, {"type": "function", "function": {"name": resolved.function}}
+    return decls, resolved.mode
 
 
 def response_format(text: Any) -> dict[str, Any] | None:
-    if not isinstance(text, dict):
-        return None
-    fmt = text.get("format")
+    fmt = text_format(text)
     if fmt is None:
         return None
-    if not isinstance(fmt, dict):
-        raise invalid_param("text.format", "Invalid type for 'text.format'.", "invalid_type")
     kind = fmt.get("type")
-    if kind == "text":
-        return None
     if kind == "json_object":
         return {"type": "json_object"}
     if kind == "json_schema":
@@ -190,11 +165,9 @@ def chat_messages(
 ) -> list[dict[str, Any]]:
     """Input items -> Chat messages (translation.md A.1)."""
     msgs: list[dict[str, Any]] = []
-    if isinstance(instructions, str):
-        if instructions:
-            msgs.append({"role": opts.system_role, "content": instructions})
-    elif isinstance(instructions, list):
-        items = [i for i in instructions if isinstance(i, dict)] + items
+    intro, items = split_instructions(items, instructions)
+    if intro:
+        msgs.append({"role": opts.system_role, "content": intro})
     check_tool_pairs(items, turn_roles=frozenset({"user", "system", "developer"}))
     # Chat tool messages carry text only: images a tool returned go in one user message right after
     # the run of tool messages (a user message in between would break the tool-call sequence).
@@ -258,16 +231,7 @@ def _message(msgs: list[dict[str, Any]], item: dict[str, Any], param: str, opts:
 
 
 def _assistant_text(content: Any, param: str) -> str:
-    texts: list[str] = []
-    for j, part in enumerate(message_parts(content)):
-        kind = part.get("type")
-        if kind in TEXT_PARTS:
-            texts.append(str(part.get("text") or ""))
-        elif kind == "refusal":
-            texts.append(str(part.get("refusal") or ""))
-        else:
-            raise unsupported_parameter(f"{param}.content[{j}]", f"(type '{kind}') in an assistant message.")
-    return "".join(texts)
+    return "".join(assistant_texts(content, param))
 
 
 def _user_content(content: Any, param: str) -> str | list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Helpers shared by the translating dialects (Chat Completions, Anthropic Messages).
+"""Helpers shared by the translating dialects (Chat Completions, Anthropic Messages, Gemini).
 
 Role: the parts of the translation that do not depend on the provider:
 
@@ -15,6 +15,16 @@ Role: the parts of the translation that do not depend on the provider:
   ``call_id`` is missing.
 - ``open_function_call``: open a function_call item with the client's namespace restored.
 - ``clock_from``: the clock the edge may inject for ``completed_at``.
+- ``resolve_tool_choice``: the request's ``tool_choice`` validated against the declared tools,
+  as a :class:`ToolChoice` each dialect spells in its own wire format.
+- ``text_format``, ``split_instructions``, ``system_texts``, ``assistant_texts``: the request
+  fields and message parts every translating dialect reads the same way.
+- ``encode_envelope`` / ``envelope_value``: ``<provider>:`` + base64(JSON), how provider
+  reasoning state rides in a reasoning item's ``encrypted_content``.
+- ``TranslatorBase``: what the stream translators share (builder, JSON event decoding, the
+  terminal ``complete`` with the injected clock).
+- ``upstream_error`` / ``status_message``: the error-tree leaf and the fallback message for an
+  upstream error body without one.
 - data-URL parsing, tool-call arguments as an object, retry headers, token counts.
 
 Pure: no I/O, no clock, no environment. Knows no provider's wire format.
@@ -22,6 +32,8 @@ Pure: no I/O, no clock, no environment. Knows no provider's wire format.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,8 +41,10 @@ from typing import Any
 import orjson
 
 from wsproxy.core.events import Event, ResponseBuilder
+from wsproxy.core.ids import IdFactory
+from wsproxy.core.sse import SSEMessage
 from wsproxy.dialects.base import UpstreamCall
-from wsproxy.errors import InvalidRequest, invalid_param, unsupported_parameter
+from wsproxy.errors import InvalidRequest, UpstreamError, invalid_param, unsupported_parameter
 
 Clock = Callable[[], int]
 
@@ -321,3 +335,236 @@ def open_function_call(
     back (Codex dispatches on both)."""
     namespace, name = names.get(upstream_name, (None, upstream_name))
     return builder.function_call(call_id, name, namespace)
+
+
+# -- request fields ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    """A validated Responses ``tool_choice``.
+
+    ``mode`` is ``auto``, ``none`` or ``required``; ``function`` names the one forced tool (mode
+    ``required``); ``allowed`` is True for ``allowed_tools`` (the declarations returned with it
+    are already filtered to the allowed ones)."""
+
+    mode: str
+    function: str | None = None
+    allowed: bool = False
+
+
+def resolve_tool_choice(
+    decls: list[FunctionDecl], choice: Any
+) -> tuple[list[FunctionDecl], ToolChoice | None]:
+    """(the declarations to send, the validated choice or None when the request has none)."""
+    if choice is None:
+        return decls, None
+    names = {d.name for d in decls}
+    if isinstance(choice, str):
+        if choice not in ("auto", "none", "required"):
+            raise invalid_param(
+                "tool_choice", "Invalid 'tool_choice': expected 'auto', 'none' or 'required'."
+            )
+        if not decls and choice == "required":
+            raise invalid_param(
+                "tool_choice", "'tool_choice' is 'required' but no function tools were given."
+            )
+        return decls, ToolChoice(choice)
+    if not isinstance(choice, dict):
+        raise invalid_param("tool_choice", "Invalid type for 'tool_choice'.", "invalid_type")
+    kind = choice.get("type")
+    if kind == "function":
+        name = call_name(choice)
+        if name not in names:
+            raise invalid_param("tool_choice", f"Tool choice '{name}' not found in 'tools'.")
+        return decls, ToolChoice("required", function=name)
+    if kind == "allowed_tools":
+        mode, allowed = allowed_tool_names(choice)
+        unknown = sorted(allowed - names)
+        if unknown:
+            raise invalid_param("tool_choice", f"Allowed tool '{unknown[0]}' not found in 'tools'.")
+        return [d for d in decls if d.name in allowed], ToolChoice(mode, allowed=True)
+    raise unsupported_parameter("tool_choice", f"(type '{kind}'): only function tool choices are supported.")
+
+
+def text_format(text: Any) -> dict[str, Any] | None:
+    """``text.format`` when it asks for something other than plain text (None otherwise)."""
+    fmt = text.get("format") if isinstance(text, dict) else None
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict):
+        raise invalid_param("text.format", "Invalid type for 'text.format'.", "invalid_type")
+    return None if fmt.get("type") == "text" else fmt
+
+
+def json_schema_of(fmt: dict[str, Any]) -> dict[str, Any]:
+    """The ``schema`` of a json_schema ``text.format`` (400 when it is missing)."""
+    schema = fmt.get("schema")
+    if not isinstance(schema, dict):
+        raise invalid_param(
+            "text.format.schema", "A json_schema format needs 'schema'.", "missing_required_parameter"
+        )
+    return schema
+
+
+def split_instructions(
+    items: list[dict[str, Any]], instructions: Any
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """(``instructions`` when it is a string, the input items with list-form instructions in
+    front)."""
+    if isinstance(instructions, str):
+        return instructions, items
+    if isinstance(instructions, list):
+        return None, [i for i in instructions if isinstance(i, dict)] + items
+    return None, items
+
+
+def system_texts(content: Any, param: str, refusal: str) -> list[str]:
+    """The texts of a system/developer message hoisted out of the conversation; any other part
+    is a 400 saying ``refusal``."""
+    texts: list[str] = []
+    for j, part in enumerate(message_parts(content)):
+        if part.get("type") not in TEXT_PARTS:
+            raise unsupported_parameter(f"{param}.content[{j}]", refusal)
+        texts.append(str(part.get("text") or ""))
+    return texts
+
+
+def assistant_texts(content: Any, param: str) -> list[str]:
+    """The texts (and refusals) of an assistant message; any other part is a 400."""
+    texts: list[str] = []
+    for j, part in enumerate(message_parts(content)):
+        kind = part.get("type")
+        if kind in TEXT_PARTS:
+            texts.append(str(part.get("text") or ""))
+        elif kind == "refusal":
+            texts.append(str(part.get("refusal") or ""))
+        else:
+            raise unsupported_parameter(f"{param}.content[{j}]", f"(type '{kind}') in an assistant message.")
+    return texts
+
+
+# -- reasoning envelopes ----------------------------------------------------------------------
+
+
+def encode_envelope(prefix: str, value: Any) -> str:
+    """``prefix`` + base64(JSON ``value``): provider state carried in ``encrypted_content``."""
+    return prefix + base64.b64encode(orjson.dumps(value)).decode()
+
+
+def envelope_value(prefix: str, encrypted: Any) -> Any:
+    """The JSON value of a ``prefix`` envelope; None for another provider's reasoning or a
+    damaged envelope (callers still check the value's shape)."""
+    if not isinstance(encrypted, str) or not encrypted.startswith(prefix):
+        return None
+    try:
+        return orjson.loads(base64.b64decode(encrypted[len(prefix) :], validate=True))
+    except (binascii.Error, ValueError):
+        return None
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+MIDSTREAM_ERROR = "The upstream reported an error mid-stream."
+
+
+def midstream_message(message: Any) -> str:
+    """The message of an error event inside a stream (a generic one when it has none)."""
+    return message if isinstance(message, str) and message else MIDSTREAM_ERROR
+
+
+def status_message(status: int, body: bytes) -> str:
+    """The message for an upstream error body that carries none of its own."""
+    text = body.decode("utf-8", "replace").strip()[:500]
+    return f"Upstream answered HTTP {status}: {text}" if text else f"Upstream answered HTTP {status}."
+
+
+def upstream_error(
+    message: str, status: int, etype: str, code: str, headers: dict[str, str], param: str | None = None
+) -> UpstreamError:
+    """An :class:`UpstreamError`; 429 and 5xx are retryable."""
+    retryable = status == 429 or status >= 500
+    return UpstreamError(
+        message, status=status, type=etype, code=code, param=param, headers=headers, retryable=retryable
+    )
+
+
+# -- stream translators -----------------------------------------------------------------------
+
+
+class TranslatorBase:
+    """The part of a translating dialect's stream translator that does not depend on the
+    provider: the :class:`ResponseBuilder`, the StreamTranslator properties, decoding one SSE
+    event's JSON object, and completing with the injected clock.
+
+    Subclasses implement ``_setup`` (their own state), ``_event`` (one decoded event) and
+    ``_usage_object``, and may override ``feed`` for provider-specific markers (Chat's
+    ``[DONE]``). ``_unit`` names an event in the failure messages ("stream event", "stream
+    chunk")."""
+
+    _unit = "stream event"
+
+    def __init__(
+        self,
+        response_id: str,
+        call: UpstreamCall,
+        created_at: int,
+        ids: IdFactory,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        body = call.body
+        self._b = ResponseBuilder(
+            response_id, str(body.get("model") or call.model), created_at, body, ids=ids
+        )
+        self._ids = ids
+        self._clock = clock
+        self._created_at = created_at
+        self.upstream_id: str | None = None  # the provider's id of the response, for logs
+        self._setup(call)
+
+    def _setup(self, call: UpstreamCall) -> None:
+        """The provider-specific state of a new translator."""
+
+    @property
+    def response(self) -> dict[str, Any]:
+        return self._b.response
+
+    @property
+    def done(self) -> bool:
+        return self._b.finished
+
+    @property
+    def started_output(self) -> bool:
+        return bool(self._b.output)
+
+    def start(self) -> list[Event]:
+        return self._b.start()
+
+    def fail(self, code: str, message: str) -> list[Event]:
+        return self._b.fail(code, message, self._usage_object())
+
+    def feed(self, message: SSEMessage) -> list[Event]:
+        if self._b.finished:
+            return []
+        data = message.data.strip()
+        if not data:
+            return []
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return self.fail("server_error", f"The upstream sent a {self._unit} that is not valid JSON.")
+        if not isinstance(event, dict):
+            return self.fail("server_error", f"The upstream sent a {self._unit} that is not a JSON object.")
+        return self._event(event, message)
+
+    def _event(self, event: dict[str, Any], message: SSEMessage) -> list[Event]:
+        raise NotImplementedError
+
+    def _usage_object(self) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def _complete(self, usage: dict[str, Any] | None) -> list[Event]:
+        """``response.completed``; ``completed_at`` from the injected clock, else ``created_at``."""
+        completed_at = self._clock() if self._clock is not None else self._created_at
+        return self._b.complete(usage, completed_at)

@@ -57,29 +57,33 @@ dropped reasoning items) gets Google's documented ``skip_thought_signature_valid
 
 from __future__ import annotations
 
-import base64
-import binascii
 import itertools
 import re
 from typing import Any
 from urllib.parse import quote
-
-import orjson
 
 from wsproxy.dialects.base import DialectOptions, UpstreamCall
 from wsproxy.dialects.common import (
     HISTORY_PLACEHOLDER,
     TEXT_PARTS,
     FunctionDecl,
-    allowed_tool_names,
+    ToolChoice,
     arguments_object,
+    assistant_texts,
     call_name,
     check_tool_pairs,
+    encode_envelope,
+    envelope_value,
     function_tools,
+    json_schema_of,
     message_parts,
     namespace_map,
     parse_data_url,
     reject_unexpressible,
+    resolve_tool_choice,
+    split_instructions,
+    system_texts,
+    text_format,
 )
 from wsproxy.errors import InvalidRequest, invalid_param, unsupported_parameter
 
@@ -149,19 +153,13 @@ def declared_names(tools: Any) -> dict[str, tuple[str | None, str]]:
 
 
 def encode_signatures(entries: list[dict[str, Any]]) -> str:
-    raw = orjson.dumps({"v": 1, "sigs": entries})
-    return ENVELOPE_PREFIX + base64.b64encode(raw).decode()
+    return encode_envelope(ENVELOPE_PREFIX, {"v": 1, "sigs": entries})
 
 
 def decode_signatures(encrypted: Any) -> list[dict[str, Any]]:
     """The valid entries of a ``gemini:`` envelope; ``[]`` for another provider's reasoning or a
     damaged envelope (dropped, as other providers' reasoning is)."""
-    if not isinstance(encrypted, str) or not encrypted.startswith(ENVELOPE_PREFIX):
-        return []
-    try:
-        value = orjson.loads(base64.b64decode(encrypted[len(ENVELOPE_PREFIX) :], validate=True))
-    except (binascii.Error, ValueError):
-        return []
+    value = envelope_value(ENVELOPE_PREFIX, encrypted)
     sigs = value.get("sigs") if isinstance(value, dict) else None
     out: list[dict[str, Any]] = []
     for entry in sigs if isinstance(sigs, list) else []:
@@ -266,59 +264,29 @@ def _declaration(decl: FunctionDecl) -> dict[str, Any]:
 
 
 def _tool_config(decls: list[FunctionDecl], choice: Any) -> tuple[list[FunctionDecl], Any]:
-    names = {d.name for d in decls}
-    if isinstance(choice, str):
-        if choice not in ("auto", "none", "required"):
-            raise invalid_param(
-                "tool_choice", "Invalid 'tool_choice': expected 'auto', 'none' or 'required'."
-            )
-        if not decls and choice == "required":
-            raise invalid_param(
-                "tool_choice", "'tool_choice' is 'required' but no function tools were given."
-            )
-        return decls, {"mode": {"auto": "AUTO", "none": "NONE", "required": "ANY"}[choice]}
-    if isinstance(choice, dict):
-        kind = choice.get("type")
-        if kind == "function":
-            name = call_name(choice)
-            if name not in names:
-                raise invalid_param("tool_choice", f"Tool choice '{name}' not found in 'tools'.")
-            return decls, {"mode": "ANY", "allowedFunctionNames": [gemini_name(name)]}
-        if kind == "allowed_tools":
-            mode, allowed = allowed_tool_names(choice)
-            unknown = sorted(allowed - names)
-            if unknown:
-                raise invalid_param("tool_choice", f"Allowed tool '{unknown[0]}' not found in 'tools'.")
-            decls = [d for d in decls if d.name in allowed]
-            if mode == "auto":
-                return decls, {"mode": "AUTO"}
-            return decls, {"mode": "ANY", "allowedFunctionNames": [gemini_name(d.name) for d in decls]}
-        raise unsupported_parameter(
-            "tool_choice", f"(type '{kind}'): only function tool choices are supported."
-        )
-    if choice is not None:
-        raise invalid_param("tool_choice", "Invalid type for 'tool_choice'.", "invalid_type")
-    return decls, None
+    decls, resolved = resolve_tool_choice(decls, choice)
+    return decls, _function_calling_config(decls, resolved)
+
+
+def _function_calling_config(decls: list[FunctionDecl], choice: ToolChoice | None) -> dict[str, Any] | None:
+    if choice is None:
+        return None
+    if choice.function is not None:
+        return {"mode": "ANY", "allowedFunctionNames": [gemini_name(choice.function)]}
+    if choice.allowed and choice.mode == "required":
+        return {"mode": "ANY", "allowedFunctionNames": [gemini_name(d.name) for d in decls]}
+    return {"mode": {"auto": "AUTO", "none": "NONE", "required": "ANY"}[choice.mode]}
 
 
 def _format(text: Any) -> dict[str, Any]:
-    fmt = text.get("format") if isinstance(text, dict) else None
+    fmt = text_format(text)
     if fmt is None:
         return {}
-    if not isinstance(fmt, dict):
-        raise invalid_param("text.format", "Invalid type for 'text.format'.", "invalid_type")
     kind = fmt.get("type")
-    if kind == "text":
-        return {}
     if kind == "json_object":
         return {"responseMimeType": "application/json"}
     if kind == "json_schema":
-        schema = fmt.get("schema")
-        if not isinstance(schema, dict):
-            raise invalid_param(
-                "text.format.schema", "A json_schema format needs 'schema'.", "missing_required_parameter"
-            )
-        clean = {k: v for k, v in schema.items() if k != "$schema"}
+        clean = {k: v for k, v in json_schema_of(fmt).items() if k != "$schema"}
         return {"responseMimeType": "application/json", "responseJsonSchema": clean}
     raise invalid_param("text.format.type", f"Invalid value for 'text.format.type': '{kind}'.")
 
@@ -360,10 +328,9 @@ def gemini_contents(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Input items -> (systemInstruction parts, contents)."""
     system: list[dict[str, Any]] = []
-    if isinstance(instructions, str):
-        _text(system, instructions)
-    elif isinstance(instructions, list):
-        items = [i for i in instructions if isinstance(i, dict)] + items
+    intro, items = split_instructions(items, instructions)
+    if intro is not None:
+        _text(system, intro)
     check_tool_pairs(items, turn_roles=frozenset({"user"}))
     out = _Contents()
     names: dict[str, str] = {}  # call_id -> Gemini function name
@@ -374,12 +341,9 @@ def gemini_contents(
         if kind == "message":
             role = item.get("role")
             if role in ("system", "developer"):
-                for j, part in enumerate(message_parts(item.get("content"))):
-                    if part.get("type") not in TEXT_PARTS:
-                        raise unsupported_parameter(
-                            f"{param}.content[{j}]", "Gemini system instructions hold text only."
-                        )
-                    _text(system, str(part.get("text") or ""))
+                refusal = "Gemini system instructions hold text only."
+                for text in system_texts(item.get("content"), param, refusal):
+                    _text(system, text)
             elif role == "assistant":
                 out.add("model", _assistant_parts(item.get("content"), param))
             else:
@@ -469,14 +433,8 @@ def _text(parts: list[dict[str, Any]], text: str) -> None:
 
 def _assistant_parts(content: Any, param: str) -> list[dict[str, Any]]:
     parts: list[dict[str, Any]] = []
-    for j, part in enumerate(message_parts(content)):
-        kind = part.get("type")
-        if kind in TEXT_PARTS:
-            _text(parts, str(part.get("text") or ""))
-        elif kind == "refusal":
-            _text(parts, str(part.get("refusal") or ""))
-        else:
-            raise unsupported_parameter(f"{param}.content[{j}]", f"(type '{kind}') in an assistant message.")
+    for text in assistant_texts(content, param):
+        _text(parts, text)
     return parts
 
 

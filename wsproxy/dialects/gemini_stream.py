@@ -39,11 +39,19 @@ from typing import Any
 
 import orjson
 
-from wsproxy.core.events import Event, ResponseBuilder, usage_object
+from wsproxy.core.events import Event, usage_object
 from wsproxy.core.ids import IdFactory
 from wsproxy.core.sse import SSEMessage
 from wsproxy.dialects.base import UpstreamCall, UpstreamRequest
-from wsproxy.dialects.common import Clock, clock_from, int_field, retry_headers
+from wsproxy.dialects.common import (
+    TranslatorBase,
+    clock_from,
+    int_field,
+    midstream_message,
+    retry_headers,
+    status_message,
+    upstream_error,
+)
 from wsproxy.dialects.gemini_request import (
     SYNTH_CALL_PREFIX,
     build_gemini_body,
@@ -135,15 +143,6 @@ def _reasons(err: dict[str, Any]) -> set[str]:
     }
 
 
-def _error(
-    message: str, status: int, etype: str, code: str, headers: dict[str, str], param: str | None = None
-) -> UpstreamError:
-    retryable = status == 429 or status >= 500
-    return UpstreamError(
-        message, status=status, type=etype, code=code, param=param, headers=headers, retryable=retryable
-    )
-
-
 def gemini_error(status: int, body: bytes, headers: dict[str, str]) -> UpstreamError:
     """Google's ``{"error":{"code","message","status","details"}}`` -> the error tree (gemini.md 6).
 
@@ -154,8 +153,7 @@ def gemini_error(status: int, body: bytes, headers: dict[str, str]) -> UpstreamE
     gstatus = str(err.get("status") or "")
     message = err.get("message")
     if not isinstance(message, str) or not message:
-        text = body.decode("utf-8", "replace").strip()[:500]
-        message = f"Upstream answered HTTP {status}: {text}" if text else f"Upstream answered HTTP {status}."
+        message = status_message(status, body)
     hdrs = retry_headers(headers)
     delay = retry_delay(err)
     if delay is not None and "retry-after" not in hdrs:
@@ -163,7 +161,7 @@ def gemini_error(status: int, body: bytes, headers: dict[str, str]) -> UpstreamE
     low = message.lower()
     if "API_KEY_INVALID" in _reasons(err) or status == 401 or (status == 400 and "api key not valid" in low):
         # Google answers a bad key with 400: say the proxy's key was refused, without key details.
-        return _error(
+        return upstream_error(
             "The upstream provider rejected the proxy's credentials.",
             401,
             "invalid_request_error",
@@ -171,7 +169,7 @@ def gemini_error(status: int, body: bytes, headers: dict[str, str]) -> UpstreamE
             hdrs,
         )
     if status == 403 or gstatus == "PERMISSION_DENIED":
-        return _error(
+        return upstream_error(
             "The upstream provider rejected the proxy's permissions (HTTP 403).",
             403,
             "invalid_request_error",
@@ -180,48 +178,34 @@ def gemini_error(status: int, body: bytes, headers: dict[str, str]) -> UpstreamE
         )
     if status == 404 or gstatus == "NOT_FOUND":
         if "model" in low:
-            return _error(message, 404, "invalid_request_error", "model_not_found", hdrs, "model")
-        return _error(message, 404, "invalid_request_error", "not_found", hdrs)
+            return upstream_error(message, 404, "invalid_request_error", "model_not_found", hdrs, "model")
+        return upstream_error(message, 404, "invalid_request_error", "not_found", hdrs)
     if status == 429 or gstatus == "RESOURCE_EXHAUSTED":
-        return _error(message, 429, "rate_limit_error", "rate_limit_exceeded", hdrs)
+        return upstream_error(message, 429, "rate_limit_error", "rate_limit_exceeded", hdrs)
     if status == 400:
         # Codex and others key on this code to compact the conversation.
         too_long = "input token count" in low and "exceeds the maximum" in low
         code = "context_length_exceeded" if too_long else "invalid_request_error"
         if gstatus == "FAILED_PRECONDITION":
             code = "failed_precondition"
-        return _error(message, 400, "invalid_request_error", code, hdrs)
+        return upstream_error(message, 400, "invalid_request_error", code, hdrs)
     if status == 503 or gstatus == "UNAVAILABLE":
-        return _error(message, 503, "server_error", "server_is_overloaded", hdrs)
+        return upstream_error(message, 503, "server_error", "server_is_overloaded", hdrs)
     if status == 504 or gstatus == "DEADLINE_EXCEEDED":
-        return _error(message, 504, "server_error", "upstream_timeout", hdrs)
+        return upstream_error(message, 504, "server_error", "upstream_timeout", hdrs)
     if status >= 500:
-        return _error(message, status, "server_error", "server_error", hdrs)
-    return _error(message, status, "invalid_request_error", "upstream_error", hdrs)
+        return upstream_error(message, status, "server_error", "server_error", hdrs)
+    return upstream_error(message, status, "invalid_request_error", "upstream_error", hdrs)
 
 
 # -- stream ---------------------------------------------------------------------------------------
 
 
-class GeminiStreamTranslator:
+class GeminiStreamTranslator(TranslatorBase):
     """Gemini ``GenerateContentResponse`` chunks in, Responses events out (one per response)."""
 
-    def __init__(
-        self,
-        response_id: str,
-        call: UpstreamCall,
-        created_at: int,
-        ids: IdFactory,
-        *,
-        clock: Clock | None = None,
-    ) -> None:
+    def _setup(self, call: UpstreamCall) -> None:
         body = call.body
-        self._b = ResponseBuilder(
-            response_id, str(body.get("model") or call.model), created_at, body, ids=ids
-        )
-        self._ids = ids
-        self._clock = clock
-        self._created_at = created_at
         self._names = declared_names(body.get("tools"))
         self._finish: str | None = None
         self._finish_message: str | None = None
@@ -232,44 +216,14 @@ class GeminiStreamTranslator:
         self._thought: list[str] = []
         # Text-part signatures waiting for the open message to close: (sig, part was empty).
         self._text_sigs: list[tuple[str, bool]] = []
-        self.upstream_id: str | None = None  # Gemini's responseId, for logs
+        # self.upstream_id (set by TranslatorBase) will hold Gemini's responseId.
 
-    @property
-    def response(self) -> dict[str, Any]:
-        return self._b.response
-
-    @property
-    def done(self) -> bool:
-        return self._b.finished
-
-    @property
-    def started_output(self) -> bool:
-        return bool(self._b.output)
-
-    def start(self) -> list[Event]:
-        return self._b.start()
-
-    def fail(self, code: str, message: str) -> list[Event]:
-        return self._b.fail(code, message, self._usage_object())
-
-    def feed(self, message: SSEMessage) -> list[Event]:
-        if self._b.finished:
-            return []
-        data = message.data.strip()
-        if not data:
-            return []
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return self.fail("server_error", "The upstream sent a stream event that is not valid JSON.")
-        if not isinstance(chunk, dict):
-            return self.fail("server_error", "The upstream sent a stream event that is not a JSON object.")
+    def _event(self, chunk: dict[str, Any], message: SSEMessage) -> list[Event]:
         if "error" in chunk:
             err = chunk["error"] if isinstance(chunk["error"], dict) else {}
-            msg = err.get("message")
             return self.fail(
                 STATUS_CODES.get(str(err.get("status")), "server_error"),
-                msg if isinstance(msg, str) and msg else "The upstream reported an error mid-stream.",
+                midstream_message(err.get("message")),
             )
         if isinstance(chunk.get("responseId"), str):
             self.upstream_id = chunk["responseId"]
@@ -313,8 +267,7 @@ class GeminiStreamTranslator:
         if status == "failed":
             message = self._finish_message or f"Gemini stopped with finishReason {self._finish}."
             return events + self._b.fail(detail or "server_error", message, usage)
-        completed_at = self._clock() if self._clock is not None else self._created_at
-        return events + self._b.complete(usage, completed_at)
+        return events + self._complete(usage)
 
     # -- parts ------------------------------------------------------------------------------
 

@@ -65,11 +65,11 @@ from wsproxy.store.base import (
 
 T = TypeVar("T")
 
-# One purge batch, atomically. KEYS[1] = index; ARGV = mode, bound, batch, record-key prefix.
+# The ids one purge batch removes (the start of both purge scripts).
+# KEYS[1] = index; ARGV = mode, bound, batch, key prefix.
 # mode "ttl": bound is the cutoff, drop ids scored strictly below it.
 # mode "size": bound is max_records, drop the oldest ids beyond it.
-# Returns how many ids were removed from the index.
-_PURGE_LUA = """
+_PURGE_SELECT_LUA = """
 local ids
 local batch = tonumber(ARGV[3])
 if ARGV[1] == 'ttl' then
@@ -79,6 +79,13 @@ else
   if excess <= 0 then return 0 end
   ids = redis.call('ZRANGE', KEYS[1], 0, math.min(excess, batch) - 1)
 end
+"""
+
+# One purge batch of stored responses, atomically: each id owns one key (prefix .. id).
+# Returns how many ids were removed from the index.
+_PURGE_LUA = (
+    _PURGE_SELECT_LUA
+    + """
 local removed = 0
 for _, id in ipairs(ids) do
   redis.call('UNLINK', ARGV[4] .. id)
@@ -86,6 +93,7 @@ for _, id in ipairs(ids) do
 end
 return removed
 """
+)
 
 # KEYS: conv, order, items, index. ARGV: now, max_items, ttl_ms, conv_id, n, id1, blob1, ...
 _APPEND_LUA = """
@@ -174,17 +182,10 @@ return 1
 """
 
 # One conversation purge batch; like _PURGE_LUA, but each id owns three keys.
-# KEYS[1] = convindex; ARGV = mode, bound, batch, conversation-key prefix.
-_PURGE_CONV_LUA = """
-local ids
-local batch = tonumber(ARGV[3])
-if ARGV[1] == 'ttl' then
-  ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2], 'LIMIT', 0, batch)
-else
-  local excess = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[2])
-  if excess <= 0 then return 0 end
-  ids = redis.call('ZRANGE', KEYS[1], 0, math.min(excess, batch) - 1)
-end
+# KEYS[1] = convindex; ARGV[4] = conversation-key prefix.
+_PURGE_CONV_LUA = (
+    _PURGE_SELECT_LUA
+    + """
 local removed = 0
 for _, id in ipairs(ids) do
   local base = ARGV[4] .. id
@@ -193,6 +194,7 @@ for _, id in ipairs(ids) do
 end
 return removed
 """
+)
 
 
 # Check-and-charge of every limit of one request, atomically. KEYS = counters; ARGV = for each
@@ -430,46 +432,29 @@ class RedisStore:
         ``purge_batch`` ids per call; the rest is left for the next call. Idempotency keys need no
         purge: Redis expires them (PX)."""
         self._require()
-        script = self._purge_script
         cutoff = repr(float(now - self.ttl))
-        record_prefix = f"{self.prefix}resp:"
         dropped = 0
         budget = self.purge_max_batches
-
-        async def batch(mode: str, bound: str) -> int:
-            async def op() -> int:
-                n = await script(keys=[self._index], args=[mode, bound, self.purge_batch, record_prefix])
-                return int(n)
-
-            return await self._guard(op)
-
-        while budget > 0:
-            budget -= 1
-            n = await batch("ttl", cutoff)
-            dropped += n
-            if n < self.purge_batch:
-                break
-        while budget > 0:
-            budget -= 1
-            n = await batch("size", str(self.max_records))
-            dropped += n
-            if n < self.purge_batch:
-                break
-        conv_script = self._scripts["purge"]
-        conv_prefix = f"{self.prefix}conv:"
-        for mode, bound in (("ttl", cutoff), ("size", str(self.max_records))):
-            while budget > 0:
-                budget -= 1
-
-                async def conv_op(mode: str = mode, bound: str = bound) -> int:
-                    args = [mode, bound, self.purge_batch, conv_prefix]
-                    return int(await conv_script(keys=[self._conv_index], args=args))
-
-                n = await self._guard(conv_op)
-                dropped += n
-                if n < self.purge_batch:
-                    break
+        # Responses first, then conversations; each by TTL, then by size.
+        kinds = (
+            (self._purge_script, self._index, f"{self.prefix}resp:"),
+            (self._scripts["purge"], self._conv_index, f"{self.prefix}conv:"),
+        )
+        for script, index, key_prefix in kinds:
+            for mode, bound in (("ttl", cutoff), ("size", str(self.max_records))):
+                while budget > 0:
+                    budget -= 1
+                    n = await self._purge_batch(script, index, [mode, bound, self.purge_batch, key_prefix])
+                    dropped += n
+                    if n < self.purge_batch:
+                        break
         return dropped
+
+    async def _purge_batch(self, script: Any, index: str, args: list[Any]) -> int:
+        async def op() -> int:
+            return int(await script(keys=[index], args=args))
+
+        return await self._guard(op)
 
     async def claim_idempotency_key(self, key: str, response_id: str, now: float) -> str | None:
         # ``now`` is not needed: Redis expires the key on its own clock (PX ttl from the claim).
