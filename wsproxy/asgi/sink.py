@@ -302,6 +302,8 @@ class ResponseSink:
             if ended:
                 await formatter.close(self.run.final if self.run is not None else None)
                 return
+            if run is not None and run.push is not None:
+                await run.push.run(self.feed, self.drain)
         async for event in events:
             if event.more:
                 held.append(event)  # another is at hand: one write for both
