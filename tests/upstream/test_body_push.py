@@ -17,6 +17,7 @@ class Consumer:
         self.accept = accept
         self.chunks: list[bytes] = []
         self.ends: list[ProxyError | None] = []
+        self.ended = asyncio.Event()
 
     def on_data(self, data: bytes) -> bool:
         self.chunks.append(data)
@@ -24,6 +25,7 @@ class Consumer:
 
     def on_end(self, error: ProxyError | None) -> None:
         self.ends.append(error)
+        self.ended.set()
 
 
 def make(idle: float = 5.0) -> tuple[Body, list[int]]:
@@ -84,8 +86,7 @@ async def test_idle_timeout_fires_while_pushing() -> None:
     body.push(c.on_data, c.on_end)
     body.feed(b"x")
     async with asyncio.timeout(2):
-        while not c.ends:
-            await asyncio.sleep(0.01)
+        await c.ended.wait()
     assert isinstance(c.ends[0], UpstreamTimeout)
 
 
@@ -99,8 +100,7 @@ async def test_idle_timeout_does_not_fire_while_the_client_holds_us_up() -> None
     c.accept = True
     body.resume()  # pushing again: the upstream's silence is timed again
     async with asyncio.timeout(2):
-        while not c.ends:
-            await asyncio.sleep(0.01)
+        await c.ended.wait()
     assert isinstance(c.ends[0], UpstreamTimeout)
 
 
