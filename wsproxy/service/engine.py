@@ -13,6 +13,12 @@ they cannot drift apart. Guarantees of that stream:
   retrieve it as soon as it sees the event;
 - closing the iterator (client gone) closes the upstream request at once.
 
+A consumer that takes synchronous writes sets ``run.push_ok``; then, for an HTTP provider and no
+per-event rewrite but ``previous_response_id``, the stream's steady state is pushed from the
+upstream connection's callback (``wsproxy.service.push``): the iterator sets ``run.push`` before
+handing on the last of the first events, the consumer runs it, and the iterator resumes with the
+terminal event (stored first, as always).
+
 Retries, by concern -- this module does only the third:
 
 - connection-level resend (``wsproxy.upstream.pool``): a request the server never saw;
