@@ -4,7 +4,9 @@ Each says how events become bytes and how those reach one client connection; eve
 (backpressure, client gone, shutdown, the terminal guarantee, accounting) is the sink's
 (``wsproxy.asgi.sink``). :class:`StreamedResponse` is the ASGI response that runs a sink over HTTP.
 
-- SSE: ``event:``/``data:`` lines, the events of one upstream read in one ``http.response.body``;
+- SSE: ``event:``/``data:`` lines, the events of one upstream read in one write (synchronously
+  through the server's body writer, ``wsproxy.server.http_protocol.BodyWriter``, when it offers
+  one and nothing is pending, else one ``http.response.body``);
   the head (status 200, no-buffering headers) goes out with the first event, so an error before
   it is an HTTP error -- or, when the first event takes longer than ``sse_keepalive_interval``,
   then (the sink's ``first_within``), so that a client and a load balancer waiting on a slow
@@ -24,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from starlette.responses import Response
@@ -89,11 +91,19 @@ class SSEFormat:
     """Events as an SSE stream. See the module docstring."""
 
     transport = "http"
-    writes_nowait = False  # the ASGI send is a coroutine
 
     def __init__(
-        self, client: HTTPClient, limits: LimitSettings, metrics: Metrics, run: ResponseRun | None = None
+        self,
+        client: HTTPClient,
+        limits: LimitSettings,
+        metrics: Metrics,
+        run: ResponseRun | None = None,
+        body_writer: Callable[[bytes], bool] | None = None,
     ) -> None:
+        # The server's synchronous body writer (wsproxy.server.http_protocol.BodyWriter), if it
+        # offers one; without it every write is the ASGI send (a coroutine).
+        self._write_body = body_writer
+        self.writes_nowait = body_writer is not None
         self.client = client
         self.limits = limits
         self.metrics = metrics
@@ -109,7 +119,17 @@ class SSEFormat:
         return self.started
 
     def write_nowait(self, events: Sequence[Event]) -> int:
-        return 0  # the ASGI send is a coroutine: every write goes through write()
+        write_body = self._write_body
+        if write_body is None or not self.started or self.lock.locked():
+            return 0  # the head first, and nothing ahead of a pending send or keepalive
+        if len(events) == 1:
+            body = encode_event(events[0].type, events[0].data)
+        else:
+            body = b"".join([encode_event(event.type, event.data) for event in events])
+        if not write_body(body):
+            return 0
+        self.last_write = time.monotonic()
+        return len(events)
 
     async def write(self, events: Sequence[Event]) -> None:
         if not self.started:
@@ -315,8 +335,11 @@ class StreamedResponse(Response):
         runtime = self.runtime
         client = HTTPClient(send)
         limits = runtime.settings.limits
+        writer = (scope.get("extensions") or {}).get("wsproxy.body")
         formatter: SSEFormat | JSONFormat = (
-            SSEFormat(client, limits, runtime.metrics, self.run) if self.sse else JSONFormat(client, self.run)
+            SSEFormat(client, limits, runtime.metrics, self.run, writer.write if writer is not None else None)
+            if self.sse
+            else JSONFormat(client, self.run)
         )
         task = asyncio.current_task()
         assert task is not None

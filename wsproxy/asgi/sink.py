@@ -23,7 +23,8 @@ Two ways to feed a sink:
 
 - *pull* (today's engine): ``await sink.serve(events)`` or ``await sink.serve(prepare=...)``
   iterates ``async for event in run.events()`` and runs the whole lifecycle above;
-- *push* (an upstream protocol callback): ``sink.feed(events)`` is synchronous: it writes what
+- *push* (an upstream protocol callback, ``wsproxy.service.push``; ``_pump`` hands over to it
+  when the engine sets ``run.push``): ``sink.feed(events)`` is synchronous: it writes what
   the connection takes now and returns False when the producer must pause (the client's buffer
   is full, or the transport has no synchronous write); ``await sink.drain()`` writes the rest,
   waiting for the client, after which the producer resumes. ``await sink.end(...)`` and
@@ -209,6 +210,10 @@ class ResponseSink:
         try:
             if prepare is not None:
                 self.bind(await prepare())
+            if self.run is not None and self.formatter.writes_nowait:
+                # Synchronous writes: the engine may push this response's steady state
+                # (wsproxy.service.push); ``_pump`` runs it when ``run.push`` appears.
+                self.run.push_ok = True
             if events is None:
                 assert self.run is not None
                 events = runtime.engine.events(self.run, upstream)
@@ -284,6 +289,7 @@ class ResponseSink:
         direct = not formatter.writes_nowait
         held: list[Event] = []
         batch: Sequence[Event]
+        run = self.run
         if self.first_within is not None:
             first, ended = await self._first(events, self.first_within)
             if first:
@@ -296,6 +302,8 @@ class ResponseSink:
             if ended:
                 await formatter.close(self.run.final if self.run is not None else None)
                 return
+            if run is not None and run.push is not None:
+                await run.push.run(self.feed, self.drain)
         async for event in events:
             if event.more:
                 held.append(event)  # another is at hand: one write for both
@@ -309,8 +317,13 @@ class ResponseSink:
                 await formatter.write(batch)
                 for item in batch:
                     saw(item)
-            elif not self.feed(batch):
+                continue
+            if not self.feed(batch):
                 await self.drain()
+            if run is not None and run.push is not None:
+                # The push data plane takes over until the terminal event (which, stored
+                # first, comes through this loop again).
+                await run.push.run(self.feed, self.drain)
         if held and not self.feed(held):
             await self.drain()
         await formatter.close(self.run.final if self.run is not None else None)

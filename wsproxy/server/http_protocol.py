@@ -1,4 +1,13 @@
-"""uvicorn's httptools protocol with a bounded request head (431 past ``MAX_HEAD_BYTES``)."""
+"""uvicorn's httptools protocol with a bounded request head (431 past ``MAX_HEAD_BYTES``), and a
+synchronous body writer for streamed answers.
+
+The ASGI extension ``scope["extensions"]["wsproxy.body"]`` (a :class:`BodyWriter`) lets the
+application write a piece of a chunked response body (an SSE event) without a coroutine per
+write: ``write(data)`` returns False when it must take the ordinary ASGI ``http.response.body``
+instead (the head not sent yet, the body not chunked, the response complete, the client gone, or
+the transport's buffer full: then the ASGI send waits, which is the backpressure). Other servers
+do not offer it.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +19,34 @@ from wsproxy.errors import ClientError, error_json
 
 # The largest request head (request line + headers) accepted; more is a 431.
 MAX_HEAD_BYTES = 64 * 1024
+
+
+class BodyWriter:
+    """``scope["extensions"]["wsproxy.body"]``: see the module docstring. ``write(data) -> bool``
+    writes one chunk of a chunked body now (True), or nothing (False)."""
+
+    __slots__ = ("_cycle",)
+
+    def __init__(self, cycle: Any) -> None:
+        self._cycle = cycle
+
+    def write(self, data: bytes) -> bool:
+        cycle = self._cycle
+        if (
+            not cycle.response_started
+            or cycle.response_complete
+            or cycle.disconnected
+            or not cycle.chunked_encoding
+            or cycle.flow.write_paused
+            or not data
+        ):
+            return False
+        transport = cycle.transport
+        if transport.is_closing():
+            return False
+        # What uvicorn's send writes for a chunk of a chunked body, in one write.
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        return True
 
 
 class _HeadTooLarge(Exception):
@@ -95,6 +132,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_bytes = 0
         super().on_headers_complete()
+        cycle = self.cycle
+        scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+        if cycle is not None and cycle.scope is scope and scope.get("type") == "http":
+            # (the application's task starts on the next loop iteration: it sees the writer)
+            extensions: dict[str, Any] = scope.setdefault("extensions", {})
+            extensions["wsproxy.body"] = BodyWriter(cycle)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

@@ -13,6 +13,12 @@ they cannot drift apart. Guarantees of that stream:
   retrieve it as soon as it sees the event;
 - closing the iterator (client gone) closes the upstream request at once.
 
+A consumer that takes synchronous writes sets ``run.push_ok``; then, for an HTTP provider and no
+per-event rewrite but ``previous_response_id``, the stream's steady state is pushed from the
+upstream connection's callback (``wsproxy.service.push``): the iterator sets ``run.push`` before
+handing on the last of the first events, the consumer runs it, and the iterator resumes with the
+terminal event (stored first, as always).
+
 Retries, by concern -- this module does only the third:
 
 - connection-level resend (``wsproxy.upstream.pool``): a request the server never saw;
@@ -43,8 +49,10 @@ from wsproxy.observability.responses import ResponseObserver
 from wsproxy.observability.tracing import Span, Tracing
 from wsproxy.policy.routing import Router, Target
 from wsproxy.service.conversations import HISTORY_LEN, Conversations, tag_conversation
+from wsproxy.service.push import Pusher
 from wsproxy.store.base import ResponseStore, StoredResponse
 from wsproxy.upstream.base import Provider
+from wsproxy.upstream.push import PushStream
 from wsproxy.upstream.websocket import WebSocketUnavailable
 
 log = logging.getLogger("wsproxy.service.engine")
@@ -151,6 +159,12 @@ class ResponseRun:
     # Scopes, limits, usage and the response cache (wsproxy.service.tenancy.Gate), set by the
     # edge that starts the response: ``admit`` before the first event, ``end`` after the last.
     gate: RunGate | None = None
+    # The push data plane (wsproxy.service.push): set by a consumer that can take synchronous
+    # writes (``push_ok``); ``push`` is the Pusher to run once the first events went out;
+    # ``last_seq`` the sequence number of the last event it forwarded.
+    push_ok: bool = False
+    push: Any = None
+    last_seq: int = -1
 
     @property
     def status(self) -> str | None:
@@ -382,7 +396,11 @@ class Engine:
                 provider = self.providers[target.provider]
                 try:
                     opened = await self._via(run, target, provider, upstream)
-                    if opened is None:
+                    if opened is None and self._pushes(run, provider):
+                        call = self._call_for(run, target, provider)
+                        pushed = await provider.open_push(call, run.response_id, run.created_at)  # type: ignore[attr-defined]
+                        opened = self._pushed(run, pushed), None
+                    elif opened is None:
                         call = self._call_for(run, target, provider)
                         stream = provider.stream(call, run.response_id, run.created_at)
                         if run.request.conversation is not None:
@@ -410,6 +428,48 @@ class Engine:
             # However the stream ended (also closed unstarted-after-admission, or cancelled).
             if gate is not None:
                 gate.end(run)
+
+    def _pushes(self, run: ResponseRun, provider: Provider) -> bool:
+        """The push data plane may carry this response: its consumer takes synchronous writes,
+        and no per-event rewrite other than ``previous_response_id`` (a conversation's tagging, a
+        trace span per attempt) sits between the provider and the client."""
+        return (
+            run.push_ok
+            and run.request.conversation is None
+            and self.tracing is None
+            and getattr(provider, "open_push", None) is not None
+            and getattr(provider, "tracing", None) is None
+        )
+
+    async def _pushed(self, run: ResponseRun, stream: PushStream) -> AsyncGenerator[Event, None]:
+        """A pushed provider stream as ``_guarded`` sees it: the first events, then (while the
+        consumer runs ``run.push``) nothing, then the tail from the terminal event on."""
+        try:
+            first = stream.first
+            if stream.ended or any(event.terminal for event in first):
+                for event in first:
+                    yield event
+                return
+            want = run.request.previous_response_id
+            pusher = Pusher(run, stream, (lambda event: with_previous(event, want)) if want else None)
+            for event in first[:-1]:
+                yield event
+            # Set before the last first event is handed on: the consumer writes it, sees
+            # ``run.push`` and runs it; this generator resumes when the push is over.
+            run.push = pusher
+            yield first[-1]
+            if pusher.ended:
+                for event in pusher.tail:
+                    yield event
+                return
+            # The consumer did not push (it gave up, or it is no sink): pull what is left.
+            run.push = None
+            while not stream.ended:
+                chunk = await stream.response.read()
+                for event in stream.process(chunk):
+                    yield event
+        finally:
+            await stream.aclose()
 
     async def _first(self, stream: AsyncGenerator[Event, None]) -> Event | None:
         """The first event of ``stream`` (closed when that raises)."""
@@ -476,6 +536,7 @@ class Engine:
             await stream.aclose()
         if failure is not None:
             builder = ResponseBuilder(run.response_id, run.request.model, run.created_at, run.request.body)
+            last_seq = max(last_seq, run.last_seq)
             builder.seq, builder.started = last_seq + 1, last_seq >= 0
             for event in builder.fail(*failure):
                 if event.terminal:

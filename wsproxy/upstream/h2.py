@@ -152,11 +152,13 @@ class H2Connection(WireProtocol):
         if isinstance(event, h2.events.DataReceived):
             stream = self._streams.get(event.stream_id) if event.stream_id is not None else None
             if stream is not None and event.data is not None:
-                stream.body.feed(event.data)
                 size = event.flow_controlled_length or 0
                 stream.unacked += size
                 # Padding counts against the window but is never read: consumed at once.
                 stream.consumed += size - len(event.data)
+                # Counted first: in push mode the body hands the bytes on (and reports them
+                # consumed) before feed returns.
+                stream.body.feed(event.data)
             elif event.flow_controlled_length and event.stream_id:
                 # A stream already reset or finished: its bytes still count on the connection.
                 self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)

@@ -48,6 +48,7 @@ from wsproxy.dialects.base import Dialect, UpstreamCall, UpstreamRequest
 from wsproxy.errors import ProxyError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from wsproxy.settings import ProviderSettings
 from wsproxy.upstream.pool import ConnectionPool, UpstreamResponse
+from wsproxy.upstream.push import OutOfOrder, PushStream
 
 log = logging.getLogger("wsproxy.upstream")
 
@@ -214,6 +215,52 @@ class HTTPProvider:
                 if span is not None:
                     span.end()
             attempt += 1
+
+    async def open_push(self, call: UpstreamCall, response_id: str, created_at: int) -> PushStream:
+        """Like :meth:`stream` up to its first events (the same retries, the same errors before
+        them), then a :class:`PushStream` whose further events the connection's callback decodes
+        and hands on (``wsproxy.upstream.push``). Without tracing only (no span per attempt)."""
+        req = self.dialect.build_request(call)
+        deadline = self._retry_deadline()
+        attempt = 0
+        while True:
+            try:
+                return await self._open_push(req, call, response_id, created_at)
+            except ProxyError as error:
+                await self._before_retry(error, attempt, deadline)
+            attempt += 1
+
+    async def _open_push(
+        self, req: UpstreamRequest, call: UpstreamCall, response_id: str, created_at: int
+    ) -> PushStream:
+        response = await self._send(req)
+        if response.status >= 300:
+            raise await self._error_from(response)
+        stream = PushStream(
+            self.name, response, self.dialect.translator(response_id, call, created_at, random_id)
+        )
+        try:
+            first = stream.start_events()
+            while not first and not stream.done:
+                chunk = await response.read()
+                if not chunk:
+                    # The end: what the decoder holds (an unterminated last message), if readable.
+                    with contextlib.suppress(SSEError, ValueError, KeyError, TypeError, OutOfOrder):
+                        first = stream.decode(b"")
+                    break
+                first = stream.process(chunk)
+            if not first:
+                raise UpstreamUnavailable(
+                    f"Provider '{self.name}' closed the stream before sending any event."
+                )
+            if not stream.ended and (stream.done or response.complete):
+                # All there is came with the first read: the ending is added now.
+                first = first + stream.process(b"")
+        except BaseException:
+            response.close()
+            raise
+        stream.first = first
+        return stream
 
     async def _attempt(
         self, req: UpstreamRequest, call: UpstreamCall, response_id: str, created_at: int

@@ -33,10 +33,11 @@ import asyncio
 import logging
 import ssl
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from wsproxy.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from wsproxy.errors import ProxyError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from wsproxy.settings import ProviderSettings
 from wsproxy.upstream.body import Body
 from wsproxy.upstream.h1 import H1Connection, H1Response
@@ -89,6 +90,18 @@ class UpstreamResponse:
                 break
             data += chunk
         return bytes(data[:limit])
+
+    # Push mode (wsproxy.upstream.push): the body handed on from the connection's callback.
+    def body_push(
+        self, on_data: Callable[[bytes], bool], on_end: Callable[[ProxyError | None], None]
+    ) -> None:
+        self._body.push(on_data, on_end)
+
+    def body_resume(self) -> None:
+        self._body.resume()
+
+    def body_unpush(self) -> None:
+        self._body.unpush()
 
     def close(self) -> None:
         """Give the connection back: reused when the body was read whole, otherwise closed
