@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.faults.conftest import create, post_sse, terminals, until_outcome, ws_connect
+from tests.faults.conftest import create, metric, metrics, post_sse, terminals, until_outcome, ws_connect
 from wsproxy.service import push as push_module
 
 TRANSPORTS = ["ws", "sse"]
@@ -105,6 +105,11 @@ async def test_a_slow_reader_gets_everything_in_order(
     assert len({e["delta"] for e in deltas[:7]}) == 7  # the flood's rotating pads, in order
     (terminal,) = terminals(events)
     assert terminal["type"] == "response.completed"
+    # Sampled on the push plane (one read in 64): the delay wsproxy added to forwarded events.
+    values = await metrics(proxy)
+    sampled = metric(values, "wsproxy_forward_delay_seconds_count")
+    assert sampled >= 1
+    assert metric(values, "wsproxy_forward_delay_seconds_sum") / sampled < 1.0
 
 
 async def test_previous_response_id_is_kept_on_the_pushed_path(fault_proxy: Any) -> None:

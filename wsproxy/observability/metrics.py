@@ -84,9 +84,9 @@ DEFINITIONS: dict[str, Definition] = {
     ),
     "wsproxy_forward_delay_seconds": Definition(
         "histogram",
-        "Time an upstream event spends in wsproxy: from the upstream read to the client write "
-        "(sampled: one event in 64).",
-        ("transport",),
+        "Time upstream events spend in wsproxy on the push data plane: from the upstream read to "
+        "the client write (sampled: one read in 64).",
+        (),
         DELAY_BUCKETS,
     ),
     "wsproxy_errors_total": Definition("counter", "Errors returned to clients, by code.", ("code",)),

@@ -22,6 +22,11 @@ class ResponseObserver:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
+    def forward_delay(self, seconds: float) -> None:
+        """A sampled upstream read's events reached the client's transport ``seconds`` after
+        the read (the push data plane measures one read in 64)."""
+        self.metrics.observe("wsproxy_forward_delay_seconds", seconds)
+
     def finished(
         self,
         *,

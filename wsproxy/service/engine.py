@@ -451,7 +451,13 @@ class Engine:
                     yield event
                 return
             want = run.request.previous_response_id
-            pusher = Pusher(run, stream, (lambda event: with_previous(event, want)) if want else None)
+            observer = self.observer
+            pusher = Pusher(
+                run,
+                stream,
+                (lambda event: with_previous(event, want)) if want else None,
+                observer.forward_delay if observer is not None else None,
+            )
             for event in first[:-1]:
                 yield event
             # Set before the last first event is handed on: the consumer writes it, sees

@@ -40,12 +40,20 @@ Feed = Callable[[Sequence[Event]], bool]
 class Pusher:
     """One response's pushed steady state. See the module docstring."""
 
-    __slots__ = ("_feed", "_paused", "_wake", "ended", "error", "response", "rewrite", "stream", "tail")
+    __slots__ = (
+        "_feed", "_paused", "_wake", "ended", "error", "observe", "response", "rewrite", "stream", "tail",
+    )  # fmt: skip
 
     def __init__(
-        self, run: ResponseRun, stream: PushStream, rewrite: Callable[[Event], Event] | None
+        self,
+        run: ResponseRun,
+        stream: PushStream,
+        rewrite: Callable[[Event], Event] | None,
+        observe: Callable[[float], None] | None = None,
     ) -> None:
         self.response = run
+        # Called with the seconds from a sampled upstream read to the client write of its events.
+        self.observe = observe
         self.stream = stream
         self.rewrite = rewrite
         # From the terminal event on (or the ending the stream produced): yielded by the engine.
@@ -111,6 +119,9 @@ class Pusher:
             feed = self._feed
             if batch and feed is not None and not feed(batch):
                 self._paused = True
+            read_at = self.stream.read_at
+            if read_at and self.observe is not None and batch:
+                self.observe(time.perf_counter() - read_at)
         except BaseException as exc:
             self.error = exc
         if self.ended or self._paused or self.error is not None:

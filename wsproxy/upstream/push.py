@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import Callable
 
 from wsproxy.core.events import Event
@@ -38,11 +39,15 @@ class OutOfOrder(Exception):
     pass
 
 
+# One upstream read in this many has its forwarding delay measured (``PushStream.read_at``).
+SAMPLE_EVERY = 64
+
+
 class PushStream:
     """See the module docstring. ``first``: the events read before pushing began."""
 
-    __slots__ = ("_decoder", "_name", "_on_events", "_partial", "_translator", "ended", "first", "response",
-                 "sent", "upstream_ended")  # fmt: skip
+    __slots__ = ("_decoder", "_name", "_on_events", "_partial", "_reads", "_translator", "ended", "first",
+                 "read_at", "response", "sent", "upstream_ended")  # fmt: skip
 
     def __init__(self, name: str, response: UpstreamResponse, translator: StreamTranslator) -> None:
         self._name = name
@@ -55,6 +60,10 @@ class PushStream:
         self.sent = 0
         self.upstream_ended = False  # the upstream's own terminal event came
         self.ended = False  # the last events were produced (a terminal one, or the ending)
+        # When a sampled read arrived (perf_counter; 0.0: this read is not sampled): the
+        # consumer measures the delay from there to the client's write (one read in SAMPLE_EVERY).
+        self.read_at = 0.0
+        self._reads = 0
 
     # -- decoding (shared by the first reads and the pushed ones)
 
@@ -161,6 +170,8 @@ class PushStream:
         on_events = self._on_events
         if on_events is None or self.ended:
             return False
+        self._reads += 1
+        self.read_at = time.perf_counter() if not self._reads % SAMPLE_EVERY else 0.0
         events = self.process(chunk)
         if self.ended:
             self.stop()
