@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from wsproxy.errors import NotFound, model_not_found
 
 CONFIGURE_HINT = (
-    "No provider serves it: set OPENAI_API_KEY or ANTHROPIC_API_KEY (or configure a provider "
-    "in wsproxy.toml, or set default_provider) to reach real models, or use model 'local'."
+    "No provider serves it: set OPENAI_API_KEY, ANTHROPIC_API_KEY or GEMINI_API_KEY (or configure "
+    "a provider in wsproxy.toml, or set default_provider) to reach real models, or use model 'local'."
 )
 
 
