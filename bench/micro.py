@@ -138,7 +138,8 @@ def main() -> None:
         _per_call(lambda: SSEDecoder().feed(big), 200) / 200
     )
     payload = events[0].split(b"data: ", 1)[1].strip()
-    enc = zlib.compressobj(wbits=-10, memLevel=3)  # wsproxy's deflate settings (wsproxy.cli)
+    # wsproxy's deflate settings (wsproxy.server.websocket_protocol)
+    enc = zlib.compressobj(wbits=-10, memLevel=3)
 
     def deflate() -> None:
         enc.compress(payload)

@@ -363,8 +363,10 @@ async def sample(pid: int, load: Load, http: Any, start: float, phase: str) -> d
         text = (await http.get(load.proxy_url + "/metrics", timeout=5)).text
         for line in text.splitlines():
             name, _, value = line.rpartition(" ")
-            if name in ("wsproxy_active_responses", "wsproxy_ws_connections"):
-                row[name.removeprefix("wsproxy_")] = float(value)
+            if name in ("wsproxy_active_responses", "wsproxy_ws_sessions"):
+                # (the soak's own column keeps the name it has in earlier results)
+                column = "ws_connections" if name == "wsproxy_ws_sessions" else "active_responses"
+                row[column] = float(value)
     except Exception as exc:
         row["metrics_error"] = type(exc).__name__
     row.update(

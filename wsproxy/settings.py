@@ -107,9 +107,9 @@ class LimitSettings:
     ws_max_queued: int = 256
     ws_connection_max_age: float = 3600.0
     # permessage-deflate for WebSocket mode when the client offers it (windows and memLevel in
-    # wsproxy.cli). Deltas are ~200-byte JSON frames that compress to about a tenth, for a few us
-    # of CPU each; the zlib streams (~26 KB per session) are created with the first compressed
-    # message. Clients work without it.
+    # wsproxy.server.websocket_protocol). Deltas are ~200-byte JSON frames that compress to
+    # about a tenth, for a few us of CPU each; the zlib streams (~26 KB per session) are created
+    # with the first compressed message. Clients work without it.
     ws_compression: bool = True
     # Messages shorter than this go out uncompressed even when deflate was negotiated (RFC 7692
     # lets the sender choose per message, as Node's ws does below 1 KB): compressing a ~200-byte
