@@ -26,13 +26,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from wsproxy.core.events import Event
 from wsproxy.upstream.push import PushStream
 
-if TYPE_CHECKING:
-    from wsproxy.service.engine import ResponseRun
+
+class PushedRun(Protocol):
+    """What a pushed response's run (``wsproxy.service.engine.ResponseRun``) offers the pusher:
+    its per-event accounting and its ``push`` slot. (A protocol, not the engine's class: the
+    engine imports this module.)"""
+
+    events_sent: int
+    last_seq: int
+    deltas: int
+    first_token_at: float
+    push: Any
 
 Feed = Callable[[Sequence[Event]], bool]
 
@@ -46,7 +55,7 @@ class Pusher:
 
     def __init__(
         self,
-        run: ResponseRun,
+        run: PushedRun,
         stream: PushStream,
         rewrite: Callable[[Event], Event] | None,
         observe: Callable[[float], None] | None = None,
