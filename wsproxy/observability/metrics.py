@@ -85,7 +85,7 @@ DEFINITIONS: dict[str, Definition] = {
     "wsproxy_forward_delay_seconds": Definition(
         "histogram",
         "Time upstream events spend in wsproxy on the push data plane: from the upstream read to "
-        "the client write (sampled: one read in 64).",
+        "the client write (sampled: the first pushed read of a response, then one in 64).",
         (),
         DELAY_BUCKETS,
     ),

@@ -24,7 +24,8 @@ class ResponseObserver:
 
     def forward_delay(self, seconds: float) -> None:
         """A sampled upstream read's events reached the client's transport ``seconds`` after
-        the read (the push data plane measures one read in 64)."""
+        the read (the push data plane measures the first pushed read of a response, then one in
+        64)."""
         self.metrics.observe("wsproxy_forward_delay_seconds", seconds)
 
     def finished(

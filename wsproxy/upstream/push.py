@@ -39,7 +39,8 @@ class OutOfOrder(Exception):
     pass
 
 
-# One upstream read in this many has its forwarding delay measured (``PushStream.read_at``).
+# The first pushed read of a response and then one in this many have their forwarding delay
+# measured (``PushStream.read_at``).
 SAMPLE_EVERY = 64
 
 
@@ -63,7 +64,7 @@ class PushStream:
         # When a sampled read arrived (perf_counter; 0.0: this read is not sampled): the
         # consumer measures the delay from there to the client's write (one read in SAMPLE_EVERY).
         self.read_at = 0.0
-        self._reads = 0
+        self._reads = -1  # the first pushed read is sampled, then one in SAMPLE_EVERY
 
     # -- decoding (shared by the first reads and the pushed ones)
 
