@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import dataclasses
 import email.utils
-import itertools
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
@@ -43,7 +42,7 @@ import orjson
 
 from wsproxy.core.events import Event
 from wsproxy.core.ids import random_id
-from wsproxy.core.sse import SSEDecoder, SSEError
+from wsproxy.core.sse import SSEError
 from wsproxy.dialects.base import Dialect, UpstreamCall, UpstreamRequest
 from wsproxy.errors import ProxyError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from wsproxy.settings import ProviderSettings
@@ -265,98 +264,25 @@ class HTTPProvider:
     async def _attempt(
         self, req: UpstreamRequest, call: UpstreamCall, response_id: str, created_at: int
     ) -> AsyncGenerator[Event, None]:
-        """One upstream request. Raises ``ProxyError`` only before its first event; after it,
-        every failure ends the stream with the translator's ``response.failed``."""
-        response = await self._send(req)
-        if response.status >= 300:
-            raise await self._error_from(response)
-        translator = self.dialect.translator(response_id, call, created_at, random_id)
-        decoder = SSEDecoder()
-        sent = 0
-        upstream_ended = False  # the upstream's own terminal event came
-        pending: list[Event] = []  # the events of the current read, not yet yielded
+        """One upstream request, pulled. Raises ``ProxyError`` only before its first event; after
+        it, every failure ends the stream with the translator's ``response.failed``. The reads are
+        decoded by :class:`~wsproxy.upstream.push.PushStream`, as on the push data plane: one
+        decoder (SSE split, translator, order checks, ``more`` marking) for both paths."""
+        stream = await self._open_push(req, call, response_id, created_at)
         try:
-            failure: tuple[str, str] | None = None
-            try:
-                for event in translator.start():
-                    self._check_order(event, sent)
-                    sent += 1
-                    yield event
-                while not translator.done:
+            for event in stream.first:
+                yield event
+            response = stream.response
+            while not stream.ended:
+                try:
                     chunk = await response.read()
-                    messages = decoder.feed(chunk) if chunk else decoder.flush()
-                    for message in messages:
-                        message.data.decode()  # UnicodeDecodeError is a ValueError: malformed
-                        for event in translator.feed(message):
-                            if sent and event.type in _FIRST_TYPES:
-                                raise _OutOfOrder(f"Provider '{self.name}' sent {event.type} twice.")
-                            self._check_order(event, sent)
-                            sent += 1
-                            upstream_ended = upstream_ended or event.terminal
-                            pending.append(event)
-                        if translator.done:
-                            break
-                    # The events of one read go on together, each marked when another follows
-                    # (a transport may then write them at once; none waits for the next read).
-                    # Not the one before a terminal event: that one waits for the store.
-                    if pending:
-                        for event, following in itertools.pairwise(pending):
-                            event.more = not following.terminal
-                        for event in pending:
-                            yield event
-                        pending.clear()
-                    if not chunk:
-                        break
-            except _OutOfOrder as exc:
-                failure = ("server_error", f"Impossible event order from provider: {exc}")
-            except (SSEError, ValueError, KeyError, TypeError) as exc:
-                # A stream we cannot read (bad SSE, bad JSON or UTF-8, impossible shapes).
-                log.warning("malformed stream from provider=%s: %r", self.name, exc)
-                if not sent:
-                    raise UpstreamError(
-                        f"Malformed stream from provider '{self.name}': {exc}.", retryable=True
-                    ) from None
-                failure = ("server_error", f"Malformed stream from provider: {exc}.")
-            except UpstreamError as err:  # a stall (idle timeout), a reset, a lost connection
-                if not sent:
-                    raise
-                code = "upstream_timeout" if isinstance(err, UpstreamTimeout) else "server_error"
-                failure = (code, err.message)
-            for event in pending:  # what came before the failure, in the same read
-                event.more = False
-                yield event
-            if failure is not None:
-                log.warning("provider=%s failed after %d events: %s", self.name, sent, failure[1])
-                for event in translator.fail(*failure):
+                except UpstreamError as err:  # a stall (idle timeout), a reset, a lost connection
+                    events = stream.failed(err)
+                else:
+                    events = stream.process(chunk)
+                for event in events:
                     yield event
-            elif not sent and not translator.done:
-                raise UpstreamUnavailable(
-                    f"Provider '{self.name}' closed the stream before sending any event."
-                )
-            for event in translator.finish():
-                yield event
         finally:
-            if upstream_ended and not response.complete:
-                # The terminal event came; the end of the body is normally right behind it (most
-                # often in the same chunk). Reading it (briefly) keeps the connection reusable
-                # and ends an HTTP/2 stream cleanly instead of with a RST_STREAM.
-                await self._read_to_end(response)
-            response.close()
-
-    async def _read_to_end(self, response: UpstreamResponse, limit: float = 0.25) -> None:
-        with contextlib.suppress(TimeoutError, ProxyError):
-            async with asyncio.timeout(limit):
-                await response.read_all(64 * 1024)
-
-    def _check_order(self, event: Event, sent: int) -> None:
-        if not sent and event.type not in _FIRST_TYPES:
-            raise UpstreamError(
-                f"Provider '{self.name}' sent {event.type} before response.created.", retryable=True
-            )
-
-
-_FIRST_TYPES = frozenset({"response.created", "response.queued"})
-
-
-class _OutOfOrder(Exception):
-    pass
+            # After a terminal event the end of the body is read briefly: the connection stays
+            # reusable, an HTTP/2 stream ends cleanly instead of with a RST_STREAM.
+            await stream.aclose()
