@@ -15,9 +15,9 @@ from wsproxy.core.conversations import (
     page_of,
     parse_list_params,
     validate_items,
-    validate_metadata,
 )
 from wsproxy.core.ids import counter_ids
+from wsproxy.core.params import validate_metadata
 from wsproxy.errors import InvalidRequest
 
 

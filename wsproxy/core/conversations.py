@@ -28,9 +28,6 @@ from wsproxy.core.request import normalize_input
 from wsproxy.errors import InvalidRequest, NotFound, invalid_param
 
 MAX_ITEMS_PER_CALL = 20
-MAX_METADATA_PAIRS = 16
-MAX_METADATA_KEY = 64
-MAX_METADATA_VALUE = 512
 LIST_DEFAULT_LIMIT = 20
 LIST_MAX_LIMIT = 100
 
@@ -152,41 +149,6 @@ def check_fields(body: Mapping[str, Any], allowed: frozenset[str]) -> None:
     for key in body:
         if key not in allowed:
             raise InvalidRequest(f"Unknown parameter: '{key}'.", param=key, code="unknown_parameter")
-
-
-def validate_metadata(value: Any) -> dict[str, str]:
-    """``metadata`` as OpenAI limits it; ``null`` is the empty map."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise invalid_param("metadata", "Invalid type for 'metadata': expected an object.", "invalid_type")
-    if len(value) > MAX_METADATA_PAIRS:
-        raise invalid_param(
-            "metadata",
-            f"Invalid 'metadata': too many properties. Expected an object with at most "
-            f"{MAX_METADATA_PAIRS} properties, but got an object with {len(value)} properties instead.",
-            "object_above_max_properties",
-        )
-    for key, item in value.items():
-        if len(key) > MAX_METADATA_KEY:
-            raise invalid_param(
-                "metadata",
-                f"Invalid 'metadata': key '{key[:MAX_METADATA_KEY]}...' is longer than "
-                f"{MAX_METADATA_KEY} characters.",
-                "metadata_key_too_long",
-            )
-        if not isinstance(item, str):
-            raise invalid_param(
-                f"metadata.{key}", f"Invalid type for 'metadata.{key}': expected a string.", "invalid_type"
-            )
-        if len(item) > MAX_METADATA_VALUE:
-            raise invalid_param(
-                f"metadata.{key}",
-                f"Invalid 'metadata.{key}': string too long. Expected a string with maximum length "
-                f"{MAX_METADATA_VALUE}, but got a string with length {len(item)} instead.",
-                "string_above_max_length",
-            )
-    return dict(value)
 
 
 def canonical_item(item: dict[str, Any], make_id: IdFactory) -> dict[str, Any]:

@@ -162,32 +162,44 @@ def check_tools(tools: Any) -> None:
 
 
 def _metadata(metadata: Any) -> None:
-    if not isinstance(metadata, dict):
-        return
-    if len(metadata) > METADATA_MAX_KEYS:
+    if isinstance(metadata, dict):  # (its type is checked with the other fields' types)
+        validate_metadata(metadata)
+
+
+def validate_metadata(value: Any) -> dict[str, str]:
+    """``metadata`` as OpenAI limits it (16 pairs, 64-character keys, 512-character string
+    values), for responses and conversations alike; ``null`` is the empty map."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise invalid_param("metadata", "Invalid type for 'metadata': expected an object.", "invalid_type")
+    if len(value) > METADATA_MAX_KEYS:
         raise invalid_param(
             "metadata",
-            f"Invalid 'metadata': too many properties. Expected at most {METADATA_MAX_KEYS}, "
-            f"but got {len(metadata)} instead.",
+            f"Invalid 'metadata': too many properties. Expected an object with at most "
+            f"{METADATA_MAX_KEYS} properties, but got an object with {len(value)} properties instead.",
             "object_above_max_properties",
         )
-    for key, value in metadata.items():
+    for key, item in value.items():
         if len(key) > METADATA_MAX_KEY:
             raise invalid_param(
                 "metadata",
-                f"Invalid 'metadata': key '{key[:20]}...' is longer than {METADATA_MAX_KEY} characters.",
+                f"Invalid 'metadata': key '{key[:METADATA_MAX_KEY]}...' is longer than "
+                f"{METADATA_MAX_KEY} characters.",
+                "metadata_key_too_long",
             )
-        if not isinstance(value, str):
+        if not isinstance(item, str):
             raise invalid_param(
                 f"metadata.{key}", f"Invalid type for 'metadata.{key}': expected a string.", "invalid_type"
             )
-        if len(value) > METADATA_MAX_VALUE:
+        if len(item) > METADATA_MAX_VALUE:
             raise invalid_param(
                 f"metadata.{key}",
-                f"Invalid 'metadata.{key}': string too long. Expected at most {METADATA_MAX_VALUE} "
-                f"characters, but got {len(value)} instead.",
+                f"Invalid 'metadata.{key}': string too long. Expected a string with maximum length "
+                f"{METADATA_MAX_VALUE}, but got a string with length {len(item)} instead.",
                 "string_above_max_length",
             )
+    return dict(value)
 
 
 # -- Chat Completions habits ------------------------------------------------------------------

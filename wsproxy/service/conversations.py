@@ -47,10 +47,10 @@ from wsproxy.core.conversations import (
     item_not_found,
     turn_items,
     validate_items,
-    validate_metadata,
 )
 from wsproxy.core.events import TERMINAL_TYPES, Event
 from wsproxy.core.ids import random_id
+from wsproxy.core.params import validate_metadata
 from wsproxy.core.request import CreateRequest
 from wsproxy.errors import ProxyError, StoreError
 from wsproxy.store.base import ResponseStore
