@@ -120,3 +120,25 @@ async def test_previous_response_id_is_kept_on_the_pushed_path(fault_proxy: Any)
     (terminal,) = terminals(events)
     assert terminal["type"] == "response.completed"
     assert terminal["response"]["previous_response_id"] == previous
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_the_access_log_counts_the_bytes_pushed_over_sse(
+    fault_proxy: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, provider: str
+) -> None:
+    """SSE on the push plane is written by the server's body writer, past the ASGI send that the
+    access log watches: its line still counts every body byte the client received."""
+    import logging
+
+    proxy = fault_proxy()
+    counter = PushCounter(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="wsproxy.access"):
+        status, _, body = await post_sse(proxy, f"{provider}@slow-5", text="push me")
+        assert status == 200 and counter.events > 3
+        for _ in range(100):
+            lines = [r for r in caplog.records if r.name == "wsproxy.access"]
+            if lines:
+                break
+            await asyncio.sleep(0.02)
+    (line,) = [r.fields for r in lines if r.fields["path"] == "/v1/responses"]  # type: ignore[attr-defined]
+    assert line["bytes_sent"] == len(body)

@@ -116,7 +116,11 @@ class AccessLogMiddleware:
             "path": scope.get("path", ""),
             "status": facts["status"],
             "duration_ms": round((time.monotonic() - started) * 1000, 2),
-            "bytes_sent": facts["bytes"],
+            # Bytes through the ASGI send, and those the server's synchronous body writer
+            # wrote (SSE on the push data plane).
+            "bytes_sent": facts["bytes"] + getattr(
+                scope.get("extensions", {}).get("wsproxy.body"), "written", 0
+            ),
             "client": f"{client[0]}:{client[1]}" if client else None,
             "key": state.get("key_name"),
         }

@@ -23,12 +23,14 @@ MAX_HEAD_BYTES = 64 * 1024
 
 class BodyWriter:
     """``scope["extensions"]["wsproxy.body"]``: see the module docstring. ``write(data) -> bool``
-    writes one chunk of a chunked body now (True), or nothing (False)."""
+    writes one chunk of a chunked body now (True), or nothing (False). ``written``: the body
+    bytes it wrote (they pass no ASGI send: the access log adds them)."""
 
-    __slots__ = ("_cycle",)
+    __slots__ = ("_cycle", "written")
 
     def __init__(self, cycle: Any) -> None:
         self._cycle = cycle
+        self.written = 0
 
     def write(self, data: bytes) -> bool:
         cycle = self._cycle
@@ -46,6 +48,7 @@ class BodyWriter:
             return False
         # What uvicorn's send writes for a chunk of a chunked body, in one write.
         transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        self.written += len(data)
         return True
 
 
